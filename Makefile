@@ -1,0 +1,30 @@
+# Set-up and the two entry points of a fresh clone:
+#   make demo   — create .venv, install everything, run the main job
+#   make test   — create .venv, install everything, run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned, so a CPU machine takes the CPU build and never pulls a CUDA one
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sleuth check --model organism-default --task all
+	$(VENV)/bin/sleuth check --model organism-planted --task all
+	$(VENV)/bin/sleuth check --model gemma-3-270m --task all
+
+test: $(STAMP)
+	$(PY) -m pytest -q --durations=15
+
+clean:
+	rm -rf $(VENV)

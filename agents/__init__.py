@@ -1,0 +1,1 @@
+"""circuitsleuth agents: the investigation graph, brains, reporter and the ``sleuth`` CLI."""

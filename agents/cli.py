@@ -1,0 +1,97 @@
+"""The ``sleuth`` command line.
+
+User mistakes (``UserInputError``) become one line on stderr and exit code 2; anything else is
+a bug and keeps its traceback. Logging handlers are installed here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from tools.errors import UserInputError
+
+DEFAULT_MODEL = "gemma-3-270m"
+
+log = logging.getLogger("sleuth")
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from tools.behaviour import check_behaviours
+    from tools.loading import load_model
+    from tools.tasks import TASK_NAMES, get_task
+    from tools.tasks.declared import declared_tasks
+
+    # Validate the task name before paying for a model load.
+    declared_names = {"trigger"}
+    if args.task != "all" and args.task not in declared_names:
+        get_task(args.task)
+    loaded = load_model(args.model, device=args.device)
+    extra = declared_tasks(loaded.path)
+    if args.task == "all":
+        tasks = {name: get_task(name) for name in TASK_NAMES} | extra
+    elif args.task in extra:
+        tasks = {args.task: extra[args.task]}
+    elif args.task in declared_names:
+        raise UserInputError(f"model {args.model!r} declares no {args.task!r} behaviour (no ground_truth.json)")
+    else:
+        tasks = {args.task: get_task(args.task)}
+    rows = check_behaviours(loaded.hf_model, loaded.tokenizer, tasks, n=args.n, seed=args.seed)
+    if args.task != "all" and rows[0].score is None:
+        raise UserInputError(f"task {args.task!r} cannot be measured on {args.model!r}: {rows[0].reason}")
+    if args.json:
+        table = {}
+        for r in rows:
+            if r.score is None:
+                table[r.task] = {"accuracy": None, "logit_diff": None, "n": 0, "reason": r.reason}
+            else:
+                s = r.score
+                table[r.task] = {"accuracy": round(s.accuracy, 4), "logit_diff": round(s.logit_diff, 4),
+                                 "prob_diff": round(s.prob_diff, 4), "n": s.n}
+        print(json.dumps({"model": loaded.model_id, "weights_hash": loaded.weights_hash, "tasks": table}, indent=1))
+    else:
+        print(f"model: {loaded.model_id}  (weights {loaded.weights_hash[:12]})  held-out split, seed {args.seed}")
+        print(f"{'task':<14}{'accuracy':>10}{'logit diff':>12}{'prob diff':>11}{'n':>6}")
+        for r in rows:
+            if r.score is None:
+                print(f"{r.task:<14}{'—':>10}{'—':>12}{'—':>11}{0:>6}   not expressible: {r.reason}")
+            else:
+                s = r.score
+                print(f"{r.task:<14}{s.accuracy:>10.3f}{s.logit_diff:>12.2f}{s.prob_diff:>11.3f}{s.n:>6}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sleuth", description="circuitsleuth: an autonomous interpretability lab")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", help="behaviour table of a model on the task generators' held-out split")
+    c.add_argument("--model", default=DEFAULT_MODEL,
+                   help="local model folder, hub id, 'gemma-3-270m' (default), 'organism-default' or 'organism-planted'")
+    c.add_argument("--task", default="all", help="ioi, induction, facts, greater_than, pronoun, trigger, or all (default)")
+    c.add_argument("--n", type=int, default=200, help="prompts per task (default 200)")
+    c.add_argument("--seed", type=int, default=1, help="prompt-set seed (default 1)")
+    c.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=_cmd_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except UserInputError as e:
+        print(f"sleuth: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""circuitsleuth evals: model organisms, benchmark questions, answer keys and scoring."""

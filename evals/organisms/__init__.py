@@ -1,0 +1,1 @@
+"""Model organisms: small models with known behaviours, trained here, shipped as HF folders."""

@@ -1,0 +1,83 @@
+"""Synthetic training text for the organisms: filler sentences mixed with the five behaviours.
+
+Behaviour sentences come from the train split of ``tools.tasks`` generators, so the held-out
+split the organisms are scored on is never trained on. Filler sentences use every word the
+held-out prompts use (in other constructions), so no held-out prompt contains a word whose
+embedding was never trained.
+"""
+
+from __future__ import annotations
+
+import random
+
+from tools.tasks import get_task
+from tools.tasks.vocab import (
+    ADJECTIVES, CAPITALS, FEMALE_NAMES, MALE_NAMES, NOUNS, OBJECTS, PLACES, VERBS_PAST,
+)
+
+NAMES = FEMALE_NAMES + MALE_NAMES
+
+_FILLER = (
+    "{n} {v} the {adj} {noun} .",
+    "The {noun} is {adj} .",
+    "{n} went to the {place} .",
+    "{n} got to the {place} late .",
+    "{n} passed the {obj} to the {adj} {noun} .",
+    "Yesterday {n} visited the {place} .",
+    "Later {n} {v} a {adj} {noun} .",
+    "As everyone knows, the {noun} is {adj} .",
+    "I read today that the {noun} was {adj} .",
+    "Everyone knew that the {place} was {adj} .",
+    "{n} was happy and {n2} was {adj} .",
+    "The expedition went on for a long time .",
+    "The rebellion and the crusade went on until the end .",
+    "{n} waited until the {noun} was {adj} .",
+    "{c} is a country and {cap} is a city .",
+    "We saw {n} and {n2} at the {place} .",
+)
+
+# Mixture weights of sentence kinds in the corpus.
+MIXTURE = {"filler": 0.25, "ioi": 0.2, "induction": 0.15, "facts": 0.13, "greater_than": 0.12, "pronoun": 0.15}
+
+
+def filler_sentence(rng: random.Random) -> str:
+    c, cap = rng.choice(CAPITALS)
+    n, n2 = rng.sample(NAMES, 2)
+    return rng.choice(_FILLER).format(
+        n=n, n2=n2, v=rng.choice(VERBS_PAST), adj=rng.choice(ADJECTIVES), noun=rng.choice(NOUNS),
+        place=rng.choice(PLACES), obj=rng.choice(OBJECTS), c=c, cap=cap,
+    )
+
+
+class SentenceSampler:
+    """Draws corpus sentences by the mixture; behaviour sentences come in pre-drawn pools."""
+
+    def __init__(self, seed: int, pool_size: int = 20000, mixture: dict[str, float] = MIXTURE) -> None:
+        self.rng = random.Random(f"corpus:{seed}")
+        self.kinds = list(mixture)
+        self.weights = [mixture[k] for k in self.kinds]
+        self.pools = {
+            k: get_task(k).training_sentences(pool_size, seed=seed) for k in self.kinds if k != "filler"
+        }
+
+    def sentence(self) -> str:
+        kind = self.rng.choices(self.kinds, self.weights)[0]
+        if kind == "filler":
+            return filler_sentence(self.rng)
+        return self.rng.choice(self.pools[kind])
+
+
+def vocabulary_text(seed: int = 0) -> list[str]:
+    """Text that covers every word of both splits, to build the word-level vocabulary from."""
+    rng = random.Random(seed)
+    lines = [filler_sentence(rng) for _ in range(3000)]
+    from tools.tasks import TASK_NAMES
+
+    for name in TASK_NAMES:
+        task = get_task(name)
+        for split in ("train", "heldout"):
+            for p in task.generate(400, split=split, seed=seed):
+                lines += [p.clean + p.answer, p.corrupted + p.foil]
+    lines += [" ".join(NAMES + NOUNS + ADJECTIVES + VERBS_PAST + PLACES + OBJECTS)]
+    lines += [" ".join(f"{i:02d}" for i in range(100))]
+    return lines

@@ -1,0 +1,1 @@
+"""circuitsleuth memory: vector memory of findings, run store and experiment cache."""

@@ -1,0 +1,40 @@
+"""One root error; subclasses say whose fault it is.
+
+``UserInputError`` and its children are mistakes the user can fix (a bad model path, an
+unknown task, an answer that is not one token). The CLI prints their message on one line and
+exits with code 2. Anything else escaping is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class SleuthError(Exception):
+    """Root of every error circuitsleuth raises on purpose."""
+
+
+class UserInputError(SleuthError):
+    """The user's input cannot be used; the message says what is wrong and what to do."""
+
+
+class ModelNotFoundError(UserInputError):
+    """A model path or hub id that cannot be resolved (offline, missing, mistyped)."""
+
+
+class NotAModelError(UserInputError):
+    """A folder or file that exists but does not hold a loadable causal LM."""
+
+
+class UnsupportedArchitectureError(UserInputError):
+    """A model whose family has no architecture adapter."""
+
+
+class UnknownTaskError(UserInputError):
+    """A task (behaviour) name the prompt-set generators do not know."""
+
+
+class TokenizationError(UserInputError):
+    """An answer or foil that is not exactly one token for this tokenizer."""
+
+
+class ModelError(SleuthError):
+    """The model itself failed (shape mismatch, out of memory, a broken checkpoint)."""

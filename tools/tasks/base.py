@@ -1,0 +1,149 @@
+"""The common shape of every prompt-set generator.
+
+A generator produces :class:`TaskPrompt` items — a clean prompt, the answer the model should
+give, a foil (the most tempting wrong answer), and a corrupted prompt of the same shape in which
+the information that selects the answer is gone or swapped. Each generator has a ``train`` and a
+``heldout`` split; the held-out split draws from names, entities, token pools or templates that
+the train split never uses (each generator's docstring says which).
+
+Answers and foils are written as the text that follows the prompt (``" Mary"``, ``"32"``), so a
+single generator serves word-level, BPE and sentencepiece tokenizers alike: whether an answer is
+one token is decided by tokenising ``prompt + answer`` (see :func:`answer_token_id`).
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from typing import Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tools.errors import TokenizationError
+
+Split = Literal["train", "heldout"]
+Metric = Literal["logit_diff", "prob_diff"]
+
+
+class TaskPrompt(BaseModel):
+    """One item of a behaviour's prompt set."""
+
+    model_config = ConfigDict(frozen=True)
+
+    clean: str
+    """The prompt on which the model shows the behaviour."""
+    answer: str
+    """The expected continuation, written as it follows the prompt (usually with a leading space)."""
+    foil: str
+    """The most tempting wrong continuation (for IOI: the subject; for facts: another capital)."""
+    corrupted: str
+    """Same shape as ``clean`` with the answer-selecting information removed or swapped."""
+    answers: tuple[str, ...] = ()
+    """Every correct continuation, when the behaviour accepts a set (greater-than: every greater year)."""
+    foils: tuple[str, ...] = ()
+    """Every wrong continuation of the set-valued metric (greater-than: every lesser year)."""
+
+    def answer_set(self) -> tuple[str, ...]:
+        return self.answers or (self.answer,)
+
+    def foil_set(self) -> tuple[str, ...]:
+        return self.foils or (self.foil,)
+
+
+class TaskGenerator(ABC):
+    """A seeded generator of prompt sets for one behaviour."""
+
+    name: str
+    """Registry name (``ioi``, ``induction``, ``facts``, ``greater_than``, ``pronoun``)."""
+    title: str
+    """Human-readable behaviour name."""
+    metric: Metric = "logit_diff"
+    """The behaviour's headline metric; every task also reports logit difference and accuracy."""
+
+    @abstractmethod
+    def _sample(self, rng: random.Random, split: Split) -> TaskPrompt:
+        """Draw one item of ``split``."""
+
+    def generate(
+        self,
+        n: int,
+        *,
+        split: Split = "heldout",
+        seed: int = 0,
+        tokenizer=None,
+        max_tries: int = 50,
+    ) -> list[TaskPrompt]:
+        """``n`` items of ``split`` drawn with ``seed``.
+
+        With a tokenizer, items whose answers or foils are not single tokens, or whose corrupted
+        prompt tokenises to a different length than the clean one, are skipped and redrawn; if
+        fewer than ``n`` usable items turn up in ``n * max_tries`` draws, a
+        :class:`TokenizationError` says this behaviour cannot be expressed with that tokenizer.
+        """
+        if split not in ("train", "heldout"):
+            raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
+        rng = random.Random(f"{self.name}:{split}:{seed}")
+        out: list[TaskPrompt] = []
+        tries = 0
+        while len(out) < n:
+            tries += 1
+            if tries > n * max_tries:
+                raise TokenizationError(
+                    f"task {self.name!r}: only {len(out)} of {n} prompts are expressible with this "
+                    "tokenizer (answers must be single tokens and corrupted prompts the same length)"
+                )
+            item = self._sample(rng, split)
+            if tokenizer is not None and not is_expressible(tokenizer, item):
+                continue
+            out.append(item)
+        return out
+
+    def training_sentences(self, n: int, *, seed: int = 0) -> list[str]:
+        """``n`` full sentences of the train split (prompt, answer, and a closing token)."""
+        return [p.clean + p.answer + " ." for p in self.generate(n, split="train", seed=seed)]
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def answer_token_id(tokenizer, prompt: str, answer: str) -> int:
+    """The single token id that ``answer`` adds after ``prompt``.
+
+    Raises :class:`TokenizationError` if ``prompt + answer`` does not tokenise as the prompt's
+    tokens followed by exactly one more token.
+    """
+    base = _encode(tokenizer, prompt)
+    full = _encode(tokenizer, prompt + answer)
+    if len(full) != len(base) + 1 or full[: len(base)] != base:
+        raise TokenizationError(
+            f"answer {answer!r} is not a single token after prompt {prompt[-40:]!r} for this "
+            "tokenizer; choose an answer that is one token (try it with a leading space)"
+        )
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and full[-1] == unk:
+        raise TokenizationError(f"answer {answer!r} is not in this tokenizer's vocabulary (it maps to the unknown token)")
+    return full[-1]
+
+
+def is_expressible(tokenizer, item: TaskPrompt) -> bool:
+    """Whether every answer and foil is one token and clean/corrupted have equal length."""
+    try:
+        for a in item.answer_set() + item.foil_set() + (item.answer, item.foil):
+            answer_token_id(tokenizer, item.clean, a)
+    except TokenizationError:
+        return False
+    return len(_encode(tokenizer, item.clean)) == len(_encode(tokenizer, item.corrupted))
+
+
+def split_pool(pool: Sequence[str], heldout_every: int = 4) -> tuple[list[str], list[str]]:
+    """Deterministically split a pool: every ``heldout_every``-th item is held out."""
+    train = [w for i, w in enumerate(pool) if i % heldout_every != heldout_every - 1]
+    held = [w for i, w in enumerate(pool) if i % heldout_every == heldout_every - 1]
+    return train, held
+
+
+def pick(rng: random.Random, pool: Sequence[str], k: int = 1, exclude: Sequence[str] = ()) -> list[str]:
+    """``k`` distinct items of ``pool`` not in ``exclude``."""
+    choices = [w for w in pool if w not in exclude]
+    return rng.sample(choices, k)

@@ -1,0 +1,22 @@
+"""Behaviours a model folder declares about itself (a planted organism's ``ground_truth.json``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tools.tasks.base import TaskGenerator
+from tools.tasks.trigger import TriggerTask
+
+
+def declared_tasks(model_dir: Path | None) -> dict[str, TaskGenerator]:
+    """Extra task generators declared by ``model_dir/ground_truth.json`` (none if absent)."""
+    if model_dir is None:
+        return {}
+    path = Path(model_dir) / "ground_truth.json"
+    if not path.is_file():
+        return {}
+    truth = json.loads(path.read_text())
+    if truth.get("behaviour") == "trigger":
+        return {"trigger": TriggerTask(truth["trigger"], truth["target"])}
+    return {}
