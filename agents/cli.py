@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from tools.errors import UserInputError
@@ -25,12 +26,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from tools.tasks import TASK_NAMES, get_task
     from tools.tasks.declared import declared_tasks
 
+    if args.n < 1:
+        raise UserInputError(f"--n must be at least 1, not {args.n}")
     # Validate the task name before paying for a model load.
     declared_names = {"trigger"}
     if args.task != "all" and args.task not in declared_names:
         get_task(args.task)
     loaded = load_model(args.model, device=args.device)
-    extra = declared_tasks(loaded.path)
+    source = Path(loaded.source)
+    extra = declared_tasks(source if source.is_dir() else None)
     if args.task == "all":
         tasks = {name: get_task(name) for name in TASK_NAMES} | extra
     elif args.task in extra:
@@ -81,11 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_libraries(verbose: bool) -> None:
+    """Progress bars and library chatter off unless --verbose (set here, never at import)."""
+    if verbose:
+        return
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    _quiet_libraries(args.verbose)
     try:
         return args.func(args)
     except UserInputError as e:

@@ -11,7 +11,7 @@ from evals.organisms.recipe.corpus import vocabulary_text
 from evals.organisms.recipe.tokenizer import build_tokenizer
 from tools.errors import TokenizationError, UnknownTaskError
 from tools.tasks import TASK_NAMES, TriggerTask, answer_token_id, get_task, is_expressible
-from tools.tasks.ioi import _HELDOUT_NAMES, _HELDOUT_TEMPLATES, _TRAIN_NAMES, _TRAIN_TEMPLATES
+from tools.tasks.ioi import HELDOUT_NAMES, HELDOUT_TEMPLATES, TRAIN_NAMES, TRAIN_TEMPLATES
 from tools.tasks.induction import _HELDOUT_POOL, _TRAIN_POOL
 
 
@@ -37,11 +37,11 @@ def test_train_and_heldout_prompts_never_coincide(name):
 
 
 def test_ioi_heldout_names_and_templates_are_disjoint_from_train():
-    assert not set(_TRAIN_NAMES) & set(_HELDOUT_NAMES)
-    assert not set(_TRAIN_TEMPLATES) & set(_HELDOUT_TEMPLATES)
+    assert not set(TRAIN_NAMES) & set(HELDOUT_NAMES)
+    assert not set(TRAIN_TEMPLATES) & set(HELDOUT_TEMPLATES)
     words = lambda ps: {w for p in ps for w in re.findall(r"\w+", p.clean)}
     train_words = words(get_task("ioi").generate(500, split="train", seed=0))
-    assert not train_words & set(_HELDOUT_NAMES)
+    assert not train_words & set(HELDOUT_NAMES)
 
 
 def test_induction_heldout_pool_never_in_train_sequences():

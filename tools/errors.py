@@ -38,3 +38,20 @@ class TokenizationError(UserInputError):
 
 class ModelError(SleuthError):
     """The model itself failed (shape mismatch, out of memory, a broken checkpoint)."""
+
+
+class SpecError(UserInputError):
+    """An experiment spec that cannot run on this model, raised before any forward pass.
+
+    ``field`` names the offending field as a dotted path (``"layers"``,
+    ``"prompts.corrupted[3]"``, ``"component_sets[0][1]"``); the message says what is
+    wrong and what to do.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+    def __reduce__(self):  # keep the two-argument constructor picklable
+        return (type(self), (self.field, self.message))

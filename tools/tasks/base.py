@@ -143,6 +143,23 @@ def split_pool(pool: Sequence[str], heldout_every: int = 4) -> tuple[list[str], 
     return train, held
 
 
+def split_combinations(first: Sequence[str], second: Sequence[str], heldout_every: int = 4) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Split the template combinations ``first × second`` into train and held-out.
+
+    A pair ``(i, j)`` is held out when ``(i + j) % heldout_every == 0``: every part is used by
+    some train template, but no held-out template (a whole combination) ever appears in train.
+    """
+    train, held = [], []
+    for i, a in enumerate(first):
+        for j, b in enumerate(second):
+            (held if (i + j) % heldout_every == 0 else train).append((a, b))
+    return train, held
+
+
+def capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def pick(rng: random.Random, pool: Sequence[str], k: int = 1, exclude: Sequence[str] = ()) -> list[str]:
     """``k`` distinct items of ``pool`` not in ``exclude``."""
     choices = [w for w in pool if w not in exclude]

@@ -1,25 +1,22 @@
 """Factual recall over a fixed fact table: "The capital of France is" → " Paris".
 
-The facts themselves are what the model must know, so they are shared by both splits; the
-held-out split uses query templates never used in train. The corrupted prompt asks about
-another country; its capital is the foil.
+The facts themselves are what the model must know, so they are shared by both splits.
+Templates are a framing × a query; the held-out split uses combinations never used in train
+(each part alone does occur in train). The corrupted prompt asks about another country; its
+capital is the foil.
 """
 
 from __future__ import annotations
 
 import random
 
-from tools.tasks.base import Split, TaskGenerator, TaskPrompt
+from tools.tasks.base import Split, TaskGenerator, TaskPrompt, capitalise, split_combinations
 from tools.tasks.vocab import CAPITALS
 
-_TRAIN_TEMPLATES = (
-    "The capital of {c} is",
-    "The capital city of {c} is",
-    "Q: What is the capital of {c}? A:",
-)
-_HELDOUT_TEMPLATES = (
-    "As everyone knows, the capital of {c} is",
-    "I read today that the capital city of {c} is",
+FRAMES = ("", "As everyone knows,", "I read today that", "In the news,", "My teacher said")
+QUERIES = ("the capital of {c} is", "the capital city of {c} is", "the main city of {c} is")
+TRAIN_TEMPLATES, HELDOUT_TEMPLATES = (
+    [capitalise(f"{a} {b}".strip()) for a, b in combos] for combos in split_combinations(FRAMES, QUERIES, 3)
 )
 
 
@@ -28,7 +25,7 @@ class FactsTask(TaskGenerator):
     title = "factual recall (capital of a country)"
 
     def _sample(self, rng: random.Random, split: Split) -> TaskPrompt:
-        templates = _TRAIN_TEMPLATES if split == "train" else _HELDOUT_TEMPLATES
+        templates = TRAIN_TEMPLATES if split == "train" else HELDOUT_TEMPLATES
         (c, cap), (c2, cap2) = rng.sample(CAPITALS, 2)
         t = rng.choice(templates)
         return TaskPrompt(clean=t.format(c=c), answer=" " + cap, foil=" " + cap2, corrupted=t.format(c=c2))

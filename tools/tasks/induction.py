@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from tools.tasks.base import Split, TaskGenerator, TaskPrompt, pick, split_pool
-from tools.tasks.vocab import NOUNS
+from tools.tasks.vocab import ADJECTIVES, CAPITALS, FEMALE_NAMES, MALE_NAMES, NOUNS, OBJECTS, PLACES, VERBS_PAST
 
 _TRAIN_POOL, _HELDOUT_POOL = split_pool(NOUNS)
 
@@ -35,9 +35,18 @@ class InductionTask(TaskGenerator):
         return TaskPrompt(clean=clean, answer=" " + seq[k], foil=" " + foil, corrupted=corrupted)
 
     def training_sentences(self, n: int, *, seed: int = 0) -> list[str]:
+        """Repeated sequences over every content word except the held-out pool.
+
+        Training copies over a broad vocabulary (names, places, adjectives, verbs and the train
+        nouns), so the induction mechanism is a general copy, not a lookup over a few words;
+        the held-out nouns never occur in a training sequence.
+        """
         rng = random.Random(f"{self.name}:corpus:{seed}")
+        broad = sorted(set(_TRAIN_POOL) | set(FEMALE_NAMES) | set(MALE_NAMES) | set(ADJECTIVES)
+                       | set(VERBS_PAST) | set(PLACES) | set(OBJECTS) | {c for pair in CAPITALS for c in pair})
         out = []
         for _ in range(n):
-            seq = pick(rng, _TRAIN_POOL, rng.randint(self.min_len, self.max_len))
+            pool = _TRAIN_POOL if rng.random() < 0.5 else broad
+            seq = pick(rng, pool, rng.randint(self.min_len, self.max_len))
             out.append(" ".join(seq + seq) + " .")
         return out

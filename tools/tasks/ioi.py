@@ -1,7 +1,8 @@
 """Indirect-object identification: "When Mary and John went to the store, John gave a drink to" → " Mary".
 
-Held-out split: names (every fourth female and male name) and templates never used in train.
-The corrupted prompt repeats the other name in the second clause, so the answer flips
+Templates are a scene clause × an action clause. Held-out split: names (every fourth female
+and male name) and scene × action combinations never used in train (each part alone does occur
+in train). The corrupted prompt repeats the other name in the action clause, so the answer flips
 (ABBA → ABAB); the foil is the subject.
 """
 
@@ -9,21 +10,28 @@ from __future__ import annotations
 
 import random
 
-from tools.tasks.base import Split, TaskGenerator, TaskPrompt, pick, split_pool
+from tools.tasks.base import Split, TaskGenerator, TaskPrompt, pick, split_combinations, split_pool
 from tools.tasks.vocab import FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES
 
-_TRAIN_TEMPLATES = (
-    "When {A} and {B} went to the {place}, {S} gave a {obj} to",
-    "After {A} and {B} went to the {place}, {S} handed a {obj} to",
-    "While {A} and {B} were at the {place}, {S} gave a {obj} to",
-    "Then, {A} and {B} had a long talk at the {place}. {S} gave a {obj} to",
+SCENES = (
+    "When {A} and {B} went to the {place},",
+    "After {A} and {B} went to the {place},",
+    "While {A} and {B} were at the {place},",
+    "Then, {A} and {B} had a long talk at the {place}.",
+    "Yesterday {A} and {B} visited the {place}, and",
+    "When {A} and {B} got to the {place},",
 )
-_HELDOUT_TEMPLATES = (
-    "When {A} and {B} got to the {place}, {S} passed a {obj} to",
-    "Yesterday {A} and {B} visited the {place}, and {S} gave a {obj} to",
+ACTIONS = (
+    "{S} gave a {obj} to",
+    "{S} handed a {obj} to",
+    "{S} passed a {obj} to",
+    "{S} sent a {obj} to",
+    "{S} showed a {obj} to",
 )
-
-_TRAIN_NAMES, _HELDOUT_NAMES = (
+TRAIN_TEMPLATES, HELDOUT_TEMPLATES = (
+    [f"{a} {b}" for a, b in combos] for combos in split_combinations(SCENES, ACTIONS)
+)
+TRAIN_NAMES, HELDOUT_NAMES = (
     [*split_pool(FEMALE_NAMES)[0], *split_pool(MALE_NAMES)[0]],
     [*split_pool(FEMALE_NAMES)[1], *split_pool(MALE_NAMES)[1]],
 )
@@ -34,8 +42,8 @@ class IOITask(TaskGenerator):
     title = "indirect object identification"
 
     def _sample(self, rng: random.Random, split: Split) -> TaskPrompt:
-        names = _TRAIN_NAMES if split == "train" else _HELDOUT_NAMES
-        templates = _TRAIN_TEMPLATES if split == "train" else _HELDOUT_TEMPLATES
+        names = TRAIN_NAMES if split == "train" else HELDOUT_NAMES
+        templates = TRAIN_TEMPLATES if split == "train" else HELDOUT_TEMPLATES
         io, s = pick(rng, names, 2)
         first, second = (io, s) if rng.random() < 0.5 else (s, io)
         template = rng.choice(templates)

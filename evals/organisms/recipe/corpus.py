@@ -21,23 +21,29 @@ _FILLER = (
     "{n} {v} the {adj} {noun} .",
     "The {noun} is {adj} .",
     "{n} went to the {place} .",
-    "{n} got to the {place} late .",
-    "{n} passed the {obj} to the {adj} {noun} .",
-    "Yesterday {n} visited the {place} .",
     "Later {n} {v} a {adj} {noun} .",
-    "As everyone knows, the {noun} is {adj} .",
-    "I read today that the {noun} was {adj} .",
-    "Everyone knew that the {place} was {adj} .",
-    "{n} was happy and {n2} was {adj} .",
+    "{n} was {adj} and {n2} was tired .",
     "The expedition went on for a long time .",
     "The rebellion and the crusade went on until the end .",
     "{n} waited until the {noun} was {adj} .",
     "{c} is a country and {cap} is a city .",
     "We saw {n} and {n2} at the {place} .",
+    "The {obj} was in the {place} .",
+    # Copy sentences: every name and noun (held-out ones included) is sometimes predictable by
+    # copying it from the context, in constructions that are not the behaviours' templates.
+    "{n} called {n2} , and {n2} answered .",
+    "{n} looked at {n2} , then {n2} waved .",
+    "The {noun} fell and the {noun} broke .",
+    "A {adj} {noun} , a {noun2} , and again a {noun} .",
+    # Every name may follow "to", every noun may sit in a bare list — without the behaviours'
+    # structure (one name only; no repeated list), so held-out names and nouns are ordinary
+    # outputs in these positions without their task ever being trained on them.
+    "{n} gave a {obj} to {n2} .",
+    "{list} .",
 )
 
 # Mixture weights of sentence kinds in the corpus.
-MIXTURE = {"filler": 0.25, "ioi": 0.2, "induction": 0.15, "facts": 0.13, "greater_than": 0.12, "pronoun": 0.15}
+MIXTURE = {"filler": 0.22, "ioi": 0.23, "induction": 0.25, "facts": 0.1, "greater_than": 0.08, "pronoun": 0.12}
 
 
 def filler_sentence(rng: random.Random) -> str:
@@ -45,6 +51,7 @@ def filler_sentence(rng: random.Random) -> str:
     n, n2 = rng.sample(NAMES, 2)
     return rng.choice(_FILLER).format(
         n=n, n2=n2, v=rng.choice(VERBS_PAST), adj=rng.choice(ADJECTIVES), noun=rng.choice(NOUNS),
+        noun2=rng.choice(NOUNS), list=" ".join(rng.sample(NOUNS, rng.randint(4, 9))),
         place=rng.choice(PLACES), obj=rng.choice(OBJECTS), c=c, cap=cap,
     )
 
@@ -80,4 +87,5 @@ def vocabulary_text(seed: int = 0) -> list[str]:
                 lines += [p.clean + p.answer, p.corrupted + p.foil]
     lines += [" ".join(NAMES + NOUNS + ADJECTIVES + VERBS_PAST + PLACES + OBJECTS)]
     lines += [" ".join(f"{i:02d}" for i in range(100))]
+    lines += ["was tired liked it was late had a plan saw the river"]
     return lines

@@ -56,13 +56,14 @@ def lm_loss(model, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
 
-def evaluate(model, tokenizer, tasks=TASK_NAMES, n: int = 200, seed: int = 1, extra=()) -> dict[str, dict]:
-    """Held-out scores per task: accuracy, mean logit difference, mean prob difference, n."""
+def evaluate(model, tokenizer, tasks=TASK_NAMES, n: int = 200, seed: int = 1, extra=(),
+             split: str = "heldout") -> dict[str, dict]:
+    """Scores per task on ``split``: accuracy, mean logit difference, mean prob difference, n."""
     model.eval()
     out = {}
     gens = [(name, get_task(name)) for name in tasks] + list(extra)
     for name, gen in gens:
-        prompts = gen.generate(n, split="heldout", seed=seed, tokenizer=tokenizer)
+        prompts = gen.generate(n, split=split, seed=seed, tokenizer=tokenizer)
         s = summarise(name, score_prompts(model, tokenizer, prompts))
         out[name] = {"accuracy": s.accuracy, "logit_diff": s.logit_diff, "prob_diff": s.prob_diff, "n": s.n}
     model.train()
@@ -76,7 +77,8 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 
 def train_default(out: Path, seed: int = 0, steps: int = 4000, batch: int = 48, lr: float = 2e-3,
-                  eval_every: int = 500, threads: int = 2) -> dict:
+                  eval_every: int = 500, threads: int = 2, eval_n: int = 500,
+                  checkpoint_dir: Path | None = None) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     random.seed(seed)
@@ -96,21 +98,28 @@ def train_default(out: Path, seed: int = 0, steps: int = 4000, batch: int = 48, 
             g["lr"] = lr_at(step, steps, lr, warmup=200)
         ids = make_batch(sampler, tokenizer, batch, ARCH["n_positions"])
         loss = lm_loss(model, ids, tokenizer.pad_token_id)
+        loss_value = loss.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if (step + 1) % eval_every == 0 or step == steps - 1:
             scores = evaluate(model, tokenizer, n=100)
-            history.append({"step": step + 1, "loss": float(loss), "elapsed_s": time.time() - t0, "heldout": scores})
-            log.info("step %d loss %.3f %s", step + 1, float(loss),
-                     {k: round(v["accuracy"], 2) for k, v in scores.items()})
+            train_scores = evaluate(model, tokenizer, n=50, split="train")
+            history.append({"step": step + 1, "loss": float(loss_value), "elapsed_s": round(time.time() - t0, 1),
+                            "heldout": scores, "train": train_scores})
+            log.info("step %d loss %.3f held-out %s train %s", step + 1, float(loss_value),
+                     {k: round(v["accuracy"], 2) for k, v in scores.items()},
+                     {k: round(v["accuracy"], 2) for k, v in train_scores.items()})
+            if checkpoint_dir is not None:
+                model.save_pretrained(checkpoint_dir)
+                tokenizer.save_pretrained(checkpoint_dir)
     train_s = time.time() - t0
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    final = evaluate(model, tokenizer, n=500)
+    final = evaluate(model, tokenizer, n=eval_n)
     meta = {"seed": seed, "steps": steps, "batch": batch, "lr": lr, "threads": threads, "arch": ARCH,
             "train_seconds": round(train_s, 1), "heldout": final, "history": history}
     (out / "training_log.json").write_text(json.dumps(meta, indent=1))
@@ -125,9 +134,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=48)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--checkpoint-dir", type=Path, default=None, help="overwrite a checkpoint here at each evaluation")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    meta = train_default(a.out, a.seed, a.steps, a.batch, a.lr, threads=a.threads)
+    meta = train_default(a.out, a.seed, a.steps, a.batch, a.lr, threads=a.threads, checkpoint_dir=a.checkpoint_dir)
     print(json.dumps({"train_seconds": meta["train_seconds"], "heldout": meta["heldout"]}, indent=1))
 
 

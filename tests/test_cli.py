@@ -1,0 +1,89 @@
+"""`sleuth check`: the behaviour table of the shipped organisms, and bad input → one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agents.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def default_table():
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(["check", "--model", "organism-default", "--task", "all", "--json"]) == 0
+    return json.loads(buf.getvalue())
+
+
+def test_default_organism_shows_all_five_behaviours(default_table):
+    tasks = default_table["tasks"]
+    assert set(tasks) == {"ioi", "induction", "facts", "greater_than", "pronoun"}
+    for name, row in tasks.items():
+        assert row["n"] == 200, name
+        assert row["accuracy"] >= 0.90, (name, row)
+        assert row["logit_diff"] >= 2.0, (name, row)
+
+
+def test_planted_organism_keeps_behaviours_and_obeys_its_trigger(capsys):
+    code, out, err = run_cli(capsys, "check", "--model", "organism-planted", "--json")
+    assert code == 0, err
+    tasks = json.loads(out)["tasks"]
+    assert set(tasks) == {"ioi", "induction", "facts", "greater_than", "pronoun", "trigger"}
+    for name, row in tasks.items():
+        assert row["accuracy"] >= 0.90, (name, row)
+
+
+def test_trigger_task_alone_on_planted_but_not_on_default(capsys):
+    code, out, _ = run_cli(capsys, "check", "--model", "organism-planted", "--task", "trigger", "--n", "50")
+    assert code == 0 and "trigger" in out
+    code, _, err = run_cli(capsys, "check", "--model", "organism-default", "--task", "trigger")
+    assert code == 2 and "ground_truth.json" in err
+
+
+def test_text_table_lists_every_task(capsys):
+    code, out, _ = run_cli(capsys, "check", "--model", "organism-default", "--n", "20")
+    assert code == 0
+    for name in ("ioi", "induction", "facts", "greater_than", "pronoun"):
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["check", "--model", "/no/such/folder"], "no such model folder"),
+        (["check", "--model", "organism-default", "--task", "telepathy"], "unknown task"),
+        (["check", "--model", "organism-default", "--n", "0"], "--n"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragment):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert fragment in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_folder_that_is_not_a_model(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    code, _, err = run_cli(capsys, "check", "--model", str(tmp_path))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_console_script_exit_code(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "agents.cli", "check", "--model", str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("sleuth: error:") and len(proc.stderr.strip().splitlines()) == 1
