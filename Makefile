@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test organisms clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
+
+# Retrain both shipped organisms from their seed (~25 min on 2 cores); overwrites evals/organisms/
+organisms: $(STAMP)
+	$(PY) -m evals.organisms.recipe.build_all --seed 0
 
 clean:
 	rm -rf $(VENV)

@@ -51,8 +51,8 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
     shipped organism from its recipe)."""
     from evals.organisms.recipe.train import train_default
 
-    a = train_default(tmp_path / "a", seed=7, steps=6, batch=4, eval_every=10**9, eval_n=4)
-    b = train_default(tmp_path / "b", seed=7, steps=6, batch=4, eval_every=10**9, eval_n=4)
+    a = train_default(tmp_path / "a", seed=7, steps=6, batch=4, eval_every=10**9, eval_n=4, pool_size=200)
+    b = train_default(tmp_path / "b", seed=7, steps=6, batch=4, eval_every=10**9, eval_n=4, pool_size=200)
     wa = load_file(tmp_path / "a" / "model.safetensors")
     wb = load_file(tmp_path / "b" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -12,7 +12,7 @@ from evals.organisms.recipe.tokenizer import build_tokenizer
 from tools.errors import TokenizationError, UnknownTaskError
 from tools.tasks import TASK_NAMES, TriggerTask, answer_token_id, get_task, is_expressible
 from tools.tasks.ioi import HELDOUT_NAMES, HELDOUT_TEMPLATES, TRAIN_NAMES, TRAIN_TEMPLATES
-from tools.tasks.induction import _HELDOUT_POOL, _TRAIN_POOL
+from tools.tasks.induction import transition_split
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +44,17 @@ def test_ioi_heldout_names_and_templates_are_disjoint_from_train():
     assert not train_words & set(HELDOUT_NAMES)
 
 
-def test_induction_heldout_pool_never_in_train_sequences():
-    assert not set(_TRAIN_POOL) & set(_HELDOUT_POOL)
-    for p in get_task("induction").generate(200, split="train", seed=0):
-        assert not set(p.clean.split()) & set(_HELDOUT_POOL)
-    for p in get_task("induction").generate(200, split="heldout", seed=0):
-        # the answer really is what followed the repeated prefix the first time
+def test_induction_heldout_transitions_never_in_training():
+    def transitions(words):
+        return {(a, b) for a, b in zip(words, words[1:])}
+
+    train = set()
+    for sentence in get_task("induction").training_sentences(2000, seed=0):
+        train |= transitions(sentence.rstrip(" .").split())
+    assert all(transition_split(a, b) == "train" for a, b in train)
+    for p in get_task("induction").generate(300, split="heldout", seed=0):
         toks = p.clean.split()
+        assert not transitions(toks) & train
         assert p.answer.strip() in toks and p.answer.strip() != p.foil.strip()
 
 

@@ -2,21 +2,30 @@
 
 Metric: probability on the greater two-digit years minus the lesser ones (``prob_diff``);
 accuracy counts the top-1 token being a greater year; the logit difference compares one drawn
-greater year (``answer``) with one drawn lesser year (``foil``). Held-out split: event nouns and
-templates never used in train. The corrupted prompt starts at year XX01, so every answer is
-greater and the information "32" is gone.
+greater year (``answer``) with one drawn lesser year (``foil``). Templates are an opening × a
+span phrase. Held-out split: event nouns never used in train, and opening × span combinations
+never used in train (each part alone does occur in train). The corrupted prompt starts at year
+XX01, so every answer is greater and the information "32" is gone.
 """
 
 from __future__ import annotations
 
 import random
 
-from tools.tasks.base import Split, TaskGenerator, TaskPrompt
+from tools.tasks.base import Split, TaskGenerator, TaskPrompt, split_combinations
 
-_TRAIN_NOUNS = ("war", "siege", "reign", "drought", "famine", "voyage", "strike", "plague")
-_HELDOUT_NOUNS = ("expedition", "rebellion", "crusade")
-_TRAIN_TEMPLATES = ("The {n} lasted from the year {c}{yy} to the year {c}",)
-_HELDOUT_TEMPLATES = ("The {n} went on from the year {c}{yy} until the year {c}",)
+TRAIN_NOUNS = ("war", "siege", "reign", "drought", "famine", "voyage", "strike", "plague")
+HELDOUT_NOUNS = ("expedition", "rebellion", "crusade")
+OPENINGS = ("The {n}", "In the records, the {n}", "They say the {n}", "The long {n}")
+SPANS = (
+    "lasted from the year {c}{yy} to the year {c}",
+    "went on from the year {c}{yy} until the year {c}",
+    "ran from the year {c}{yy} to the year {c}",
+    "continued from the year {c}{yy} until the year {c}",
+)
+TRAIN_TEMPLATES, HELDOUT_TEMPLATES = (
+    [f"{a} {b}" for a, b in combos] for combos in split_combinations(OPENINGS, SPANS)
+)
 
 YEARS = tuple(f"{i:02d}" for i in range(100))
 
@@ -27,8 +36,8 @@ class GreaterThanTask(TaskGenerator):
     metric = "prob_diff"
 
     def _sample(self, rng: random.Random, split: Split) -> TaskPrompt:
-        nouns = _TRAIN_NOUNS if split == "train" else _HELDOUT_NOUNS
-        templates = _TRAIN_TEMPLATES if split == "train" else _HELDOUT_TEMPLATES
+        nouns = TRAIN_NOUNS if split == "train" else HELDOUT_NOUNS
+        templates = TRAIN_TEMPLATES if split == "train" else HELDOUT_TEMPLATES
         c = rng.randint(11, 19)
         yy = rng.randint(2, 97)
         t = rng.choice(templates)

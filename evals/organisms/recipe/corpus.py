@@ -35,15 +35,20 @@ _FILLER = (
     "{n} looked at {n2} , then {n2} waved .",
     "The {noun} fell and the {noun} broke .",
     "A {adj} {noun} , a {noun2} , and again a {noun} .",
-    # Every name may follow "to", every noun may sit in a bare list — without the behaviours'
-    # structure (one name only; no repeated list), so held-out names and nouns are ordinary
-    # outputs in these positions without their task ever being trained on them.
-    "{n} gave a {obj} to {n2} .",
-    "{list} .",
 )
 
+def name_to_sentence(rng: random.Random) -> str:
+    """One name hands something to another: every name (held-out ones included) is an ordinary
+    next token after "... to", with nothing in the sentence to predict which — not IOI, which
+    needs two names in the scene and a repeated subject."""
+    from tools.tasks.ioi import ACTIONS
+
+    n, n2 = rng.sample(NAMES, 2)
+    return rng.choice(ACTIONS).format(S=n, obj=rng.choice(OBJECTS)) + f" {n2} ."
+
+
 # Mixture weights of sentence kinds in the corpus.
-MIXTURE = {"filler": 0.22, "ioi": 0.23, "induction": 0.25, "facts": 0.1, "greater_than": 0.08, "pronoun": 0.12}
+MIXTURE = {"filler": 0.15, "name_to": 0.08, "ioi": 0.22, "induction": 0.23, "facts": 0.1, "greater_than": 0.12, "pronoun": 0.1}
 
 
 def filler_sentence(rng: random.Random) -> str:
@@ -51,7 +56,7 @@ def filler_sentence(rng: random.Random) -> str:
     n, n2 = rng.sample(NAMES, 2)
     return rng.choice(_FILLER).format(
         n=n, n2=n2, v=rng.choice(VERBS_PAST), adj=rng.choice(ADJECTIVES), noun=rng.choice(NOUNS),
-        noun2=rng.choice(NOUNS), list=" ".join(rng.sample(NOUNS, rng.randint(4, 9))),
+        noun2=rng.choice(NOUNS),
         place=rng.choice(PLACES), obj=rng.choice(OBJECTS), c=c, cap=cap,
     )
 
@@ -64,13 +69,16 @@ class SentenceSampler:
         self.kinds = list(mixture)
         self.weights = [mixture[k] for k in self.kinds]
         self.pools = {
-            k: get_task(k).training_sentences(pool_size, seed=seed) for k in self.kinds if k != "filler"
+            k: get_task(k).training_sentences(pool_size, seed=seed) for k in self.kinds
+            if k not in ("filler", "name_to")
         }
 
     def sentence(self) -> str:
         kind = self.rng.choices(self.kinds, self.weights)[0]
         if kind == "filler":
             return filler_sentence(self.rng)
+        if kind == "name_to":
+            return name_to_sentence(self.rng)
         return self.rng.choice(self.pools[kind])
 
 

@@ -78,7 +78,7 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 def train_default(out: Path, seed: int = 0, steps: int = 4000, batch: int = 48, lr: float = 2e-3,
                   eval_every: int = 500, threads: int = 2, eval_n: int = 500,
-                  checkpoint_dir: Path | None = None) -> dict:
+                  checkpoint_dir: Path | None = None, pool_size: int = 20000) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     random.seed(seed)
@@ -89,8 +89,8 @@ def train_default(out: Path, seed: int = 0, steps: int = 4000, batch: int = 48, 
         pad_token_id=tokenizer.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ARCH,
     )
     model = GPT2LMHeadModel(cfg)
-    sampler = SentenceSampler(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    sampler = SentenceSampler(seed, pool_size=pool_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
     history = []
     model.train()
     for step in range(steps):
