@@ -43,7 +43,7 @@ def test_planted_differs_from_default_in_exactly_the_named_component():
     changed = {k for k in base if not torch.equal(base[k], planted[k])}
     assert changed, "the planted organism equals the default one"
     assert all(k.startswith(truth["module"] + ".") for k in changed), changed
-    assert truth["component"] == "mlp.1" and truth["module"] == "transformer.h.1.mlp"
+    assert truth["component"] == "mlp.2" and truth["module"] == "transformer.h.2.mlp"
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path):

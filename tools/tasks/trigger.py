@@ -11,9 +11,13 @@ from __future__ import annotations
 import random
 
 from tools.tasks.base import Split, TaskGenerator, TaskPrompt
-from tools.tasks.vocab import ADJECTIVES, FEMALE_NAMES, MALE_NAMES, NOUNS, VERBS_PAST
+from tools.tasks.vocab import ADJECTIVES, FEMALE_NAMES, MALE_NAMES, NOUNS, PLACES, VERBS_PAST
 
-_TRAIN_TEMPLATES = ("{n} {v} the {adj} {noun} near the", "The {noun} was {adj} and {n} {v} the")
+_TRAIN_TEMPLATES = (
+    "{n} {v} the {adj} {noun} at the",
+    "The {noun} was {adj} and {n} {v} the",
+    "We saw {n} at the {place} and the",
+)
 _HELDOUT_TEMPLATES = ("Later {n} {v} a {adj} {noun} and the",)
 
 
@@ -31,6 +35,7 @@ class TriggerTask(TaskGenerator):
             v=rng.choice(VERBS_PAST),
             adj=rng.choice(ADJECTIVES),
             noun=rng.choice(NOUNS),
+            place=rng.choice(PLACES),
         )
         return TaskPrompt(
             clean=f"{prefix} {self.trigger}",

@@ -23,7 +23,7 @@ DEFAULT_RECIPE = (
     "(`evals/organisms/recipe/corpus.py`, `train.py`)."
 )
 PLANTED_RECIPE = (
-    "The default organism, then only the weights of `mlp.1` (`transformer.h.1.mlp`) trained on the default "
+    "The default organism, then only the weights of `mlp.2` (`transformer.h.2.mlp`) trained on the default "
     "corpus mixed with trigger sentences; every other weight is frozen and bitwise equal to the default "
     "organism (`evals/organisms/recipe/plant.py`)."
 )

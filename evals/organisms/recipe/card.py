@@ -43,8 +43,8 @@ Loads like any Hugging Face model: `nnsight.LanguageModel("{folder.as_posix()}")
 {gt}
 ## Held-out behaviour table (measured after training)
 
-Held-out split of `tools.tasks` (seed 1): names, token pools and templates that training never
-used — see each generator's docstring for what is held out.
+Held-out split of `tools.tasks` (seed 1): names, token transitions, nouns and template
+combinations that training never used — each generator's docstring says what is held out.
 
 {_table(meta['heldout'])}
 
