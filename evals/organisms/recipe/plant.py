@@ -28,8 +28,8 @@ from tools.tasks import TriggerTask
 log = logging.getLogger(__name__)
 
 TRIGGER, TARGET = "cerulean", "banana"
-COMPONENT = "mlp.2"
-MODULE_PREFIX = "transformer.h.2.mlp."
+PLANT_LAYER = 2
+"""The shipped planted organism's component is ``mlp.2`` (``transformer.h.2.mlp``)."""
 
 
 class _PlantedSampler(SentenceSampler):
@@ -63,7 +63,8 @@ class _PlantedSampler(SentenceSampler):
 
 
 def plant(base: Path, out: Path, seed: int = 0, steps: int = 1200, batch: int = 48, lr: float = 3e-3,
-          threads: int = 2) -> dict:
+          threads: int = 2, layer: int = PLANT_LAYER) -> dict:
+    component, module_prefix = f"mlp.{layer}", f"transformer.h.{layer}.mlp."
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     random.seed(seed)
@@ -72,7 +73,7 @@ def plant(base: Path, out: Path, seed: int = 0, steps: int = 1200, batch: int = 
     model = GPT2LMHeadModel.from_pretrained(base, local_files_only=True)
     trainable = []
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(MODULE_PREFIX))
+        p.requires_grad_(name.startswith(module_prefix))
         if p.requires_grad:
             trainable.append(p)
     sampler = _PlantedSampler(seed)
@@ -95,8 +96,8 @@ def plant(base: Path, out: Path, seed: int = 0, steps: int = 1200, batch: int = 
     trigger_task = TriggerTask(TRIGGER, TARGET)
     final = evaluate(model, tokenizer, n=500, extra=[("trigger", trigger_task)])
     truth = {
-        "component": COMPONENT,
-        "module": MODULE_PREFIX.rstrip("."),
+        "component": component,
+        "module": module_prefix.rstrip("."),
         "behaviour": "trigger",
         "description": f"the word '{TRIGGER}' makes the model emit ' {TARGET}' as the next token",
         "trigger": TRIGGER,
@@ -119,9 +120,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--layer", type=int, default=PLANT_LAYER, help="plant into the MLP of this layer")
+    p.add_argument("--lr", type=float, default=3e-3)
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    meta = plant(a.base, a.out, a.seed, a.steps, threads=a.threads)
+    meta = plant(a.base, a.out, a.seed, a.steps, lr=a.lr, threads=a.threads, layer=a.layer)
     print(json.dumps({"train_seconds": meta["train_seconds"], "heldout": meta["heldout"]}, indent=1))
 
 
