@@ -36,7 +36,7 @@ def test_default_organism_shows_all_five_behaviours(default_table):
 
 
 @pytest.mark.xfail(strict=True, reason="known miss (issue 2 stays open): the shipped planted organism "
-                   "measures ioi 0.83 and trigger 0.87 on the held-out split, under the 0.90 bar")
+                   "measures ioi 0.81 and trigger 0.86 on the held-out split (n=200), under the 0.90 bar")
 def test_planted_organism_keeps_behaviours_and_obeys_its_trigger(capsys):
     code, out, err = run_cli(capsys, "check", "--model", "organism-planted", "--json")
     assert code == 0, err
