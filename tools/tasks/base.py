@@ -143,16 +143,17 @@ def split_pool(pool: Sequence[str], heldout_every: int = 4) -> tuple[list[str], 
     return train, held
 
 
-def split_combinations(first: Sequence[str], second: Sequence[str], heldout_every: int = 4) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Split the template combinations ``first × second`` into train and held-out.
+def split_templates(first: Sequence[str], second: Sequence[str], heldout_every: int = 4) -> tuple[list[str], list[str]]:
+    """Templates ``first[i] + " " + second[j]`` (capitalised), split into train and held-out.
 
     A pair ``(i, j)`` is held out when ``(i + j) % heldout_every == 0``: every part is used by
     some train template, but no held-out template (a whole combination) ever appears in train.
+    An empty part contributes nothing (no stray space).
     """
     train, held = [], []
     for i, a in enumerate(first):
         for j, b in enumerate(second):
-            (held if (i + j) % heldout_every == 0 else train).append((a, b))
+            (held if (i + j) % heldout_every == 0 else train).append(capitalise(f"{a} {b}".strip()))
     return train, held
 
 

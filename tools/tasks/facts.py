@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import random
 
-from tools.tasks.base import Split, TaskGenerator, TaskPrompt, capitalise, split_combinations
+from tools.tasks.base import Split, TaskGenerator, TaskPrompt, split_templates
 from tools.tasks.vocab import CAPITALS
 
 FRAMES = ("", "As everyone knows,", "I read today that", "In the news,", "My teacher said")
 QUERIES = ("the capital of {c} is", "the capital city of {c} is", "the main city of {c} is")
-TRAIN_TEMPLATES, HELDOUT_TEMPLATES = (
-    [capitalise(f"{a} {b}".strip()) for a, b in combos] for combos in split_combinations(FRAMES, QUERIES, 3)
-)
+TRAIN_TEMPLATES, HELDOUT_TEMPLATES = split_templates(FRAMES, QUERIES, 3)
 
 
 class FactsTask(TaskGenerator):

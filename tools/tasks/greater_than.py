@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 
-from tools.tasks.base import Split, TaskGenerator, TaskPrompt, split_combinations
+from tools.tasks.base import Split, TaskGenerator, TaskPrompt, split_templates
 
 TRAIN_NOUNS = ("war", "siege", "reign", "drought", "famine", "voyage", "strike", "plague")
 HELDOUT_NOUNS = ("expedition", "rebellion", "crusade")
@@ -23,9 +23,7 @@ SPANS = (
     "ran from the year {c}{yy} to the year {c}",
     "continued from the year {c}{yy} until the year {c}",
 )
-TRAIN_TEMPLATES, HELDOUT_TEMPLATES = (
-    [f"{a} {b}" for a, b in combos] for combos in split_combinations(OPENINGS, SPANS)
-)
+TRAIN_TEMPLATES, HELDOUT_TEMPLATES = split_templates(OPENINGS, SPANS)
 
 YEARS = tuple(f"{i:02d}" for i in range(100))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from tools.tasks.base import Split, TaskGenerator, TaskPrompt, pick, split_combinations, split_pool
+from tools.tasks.base import Split, TaskGenerator, TaskPrompt, pick, split_pool, split_templates
 from tools.tasks.vocab import FEMALE_NAMES, MALE_NAMES, OBJECTS, PLACES
 
 SCENES = (
@@ -28,9 +28,7 @@ ACTIONS = (
     "{S} sent a {obj} to",
     "{S} showed a {obj} to",
 )
-TRAIN_TEMPLATES, HELDOUT_TEMPLATES = (
-    [f"{a} {b}" for a, b in combos] for combos in split_combinations(SCENES, ACTIONS)
-)
+TRAIN_TEMPLATES, HELDOUT_TEMPLATES = split_templates(SCENES, ACTIONS)
 TRAIN_NAMES, HELDOUT_NAMES = (
     [*split_pool(FEMALE_NAMES)[0], *split_pool(MALE_NAMES)[0]],
     [*split_pool(FEMALE_NAMES)[1], *split_pool(MALE_NAMES)[1]],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from tools.tasks.base import Split, TaskGenerator, TaskPrompt, capitalise, split_combinations
+from tools.tasks.base import Split, TaskGenerator, TaskPrompt, split_templates
 from tools.tasks.vocab import FEMALE_NAMES, MALE_NAMES
 
 OPENINGS = ("", "Yesterday", "Later", "At the party", "In the morning")
@@ -18,9 +18,7 @@ CLAUSES = (
     "{n} said that", "{n} thinks that", "{n} knew that", "{n} told us that", "{n} wrote that",
     "{n} went home because", "{n} was happy because", "{n} left early because",
 )
-TRAIN_TEMPLATES, HELDOUT_TEMPLATES = (
-    [f"{a} {b}".strip() for a, b in combos] for combos in split_combinations(OPENINGS, CLAUSES)
-)
+TRAIN_TEMPLATES, HELDOUT_TEMPLATES = split_templates(OPENINGS, CLAUSES)
 
 
 class PronounTask(TaskGenerator):
