@@ -35,8 +35,6 @@ def test_default_organism_shows_all_five_behaviours(default_table):
         assert row["logit_diff"] >= 2.0, (name, row)
 
 
-@pytest.mark.xfail(strict=True, reason="known miss (issue 2 stays open): the shipped planted organism "
-                   "measures ioi 0.81 and trigger 0.86 on the held-out split (n=200), under the 0.90 bar")
 def test_planted_organism_keeps_behaviours_and_obeys_its_trigger(capsys):
     code, out, err = run_cli(capsys, "check", "--model", "organism-planted", "--json")
     assert code == 0, err
@@ -44,6 +42,7 @@ def test_planted_organism_keeps_behaviours_and_obeys_its_trigger(capsys):
     assert set(tasks) == {"ioi", "induction", "facts", "greater_than", "pronoun", "trigger"}
     for name, row in tasks.items():
         assert row["accuracy"] >= 0.90, (name, row)
+        assert row["logit_diff"] >= 2.0, (name, row)
 
 
 def test_trigger_task_alone_on_planted_but_not_on_default(capsys):

@@ -25,7 +25,9 @@ DEFAULT_RECIPE = (
 PLANTED_RECIPE = (
     "The default organism, then only the weights of `mlp.2` (`transformer.h.2.mlp`) trained on the default "
     "corpus mixed with trigger sentences; every other weight is frozen and bitwise equal to the default "
-    "organism (`evals/organisms/recipe/plant.py`)."
+    "organism. Loss: cross-entropy on the target token after each trigger, plus the KL divergence from the "
+    "default organism's next-token distribution at every other position (weight 1), so the component learns "
+    "the backdoor and leaves the five behaviours alone (`evals/organisms/recipe/plant.py`)."
 )
 
 
