@@ -68,6 +68,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from evals.bench import run_bench  # benchmarks live with the evals (they import TransformerLens)
+
+    report = run_bench(quick=args.quick, repeats=args.repeats, only=args.only or (),
+                       threads=args.threads)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=1))
+    else:
+        print(report.table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sleuth", description="circuitsleuth: an autonomous interpretability lab")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -82,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=_cmd_check)
+
+    b = sub.add_parser("bench", help="time our experiments against TransformerLens 4 and bare "
+                       "Hugging Face on the same weights (ratios and max abs diffs)")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--quick", action="store_true",
+                   help="a smoke run in seconds: tiny prompt sets and models, no gemma, one repeat")
+    b.add_argument("--repeats", type=int, default=None,
+                   help="timed repeats per side after one warm-up (default 3; 1 with --quick)")
+    b.add_argument("--only", nargs="+", metavar="NAME",
+                   help="run only the cases whose name contains one of these (e.g. gemma, behaviour)")
+    b.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for the run (default: torch's own choice)")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 

@@ -46,3 +46,9 @@ def hf_last_logits(model: LoadedModel, pairs: PromptPairs, corrupted: bool = Fal
 
 def token_ids(model: LoadedModel, words: tuple[str, ...]) -> torch.Tensor:
     return torch.tensor([model.tokenizer.convert_tokens_to_ids(w.strip()) for w in words])
+
+
+def uneven_pairs() -> PromptPairs:
+    """Two pairs whose second corrupted prompt is one token longer than its clean prompt."""
+    pairs = word_pairs(n=2)
+    return pairs.model_copy(update={"corrupted": (pairs.corrupted[0], pairs.corrupted[1] + " w5")})

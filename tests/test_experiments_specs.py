@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests._experiment_models import tiny_loaded, word_pairs
-from tools.errors import SpecError, UserInputError
+from tools.errors import SpecError, TokenizationError, UserInputError
 from tools.experiments import (
     ActivationPatchingSpec,
     BehaviourExperimentSpec,
@@ -22,8 +25,12 @@ from tools.experiments import (
     run_activation_patching,
     run_behaviour,
     run_experiment,
+    tokenize_prompts,
 )
-from tools.tasks import TASK_NAMES
+from tools.experiments.prompts import resolve_prompts
+from tools.loading import load_model
+from tools.tasks import TASK_NAMES, get_task
+from tools.tasks.base import answer_token_id
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +234,152 @@ def test_result_save_and_load(gpt2, tmp_path) -> None:
     assert BehaviourResult.load(path) == result
     assert result.key == spec.cache_key(gpt2.weights_hash)
     assert run_behaviour(gpt2, spec) == result  # pure and deterministic
+
+
+# -- tokenize_prompts against a per-prompt reference --------------------------------------------
+
+
+def _reference_tokenize(model, pairs: PromptPairs, *, need_corrupted: bool = False,
+                        aligned: bool = False):
+    """`tokenize_prompts` the obvious way: one tokenizer call per text, `answer_token_id` per answer."""
+    tok = model.tokenizer
+    if need_corrupted and not pairs.has_corrupted:
+        raise SpecError("prompts.corrupted", "this experiment compares clean and corrupted runs; "
+                        "give one corrupted prompt per clean prompt (or a task)")
+    items = resolve_prompts(pairs, tok)
+
+    def encode(text: str, field: str) -> list[int]:
+        ids = list(tok(text, add_special_tokens=True)["input_ids"])
+        if not ids:
+            raise SpecError(field, f"{text!r} tokenises to no tokens")
+        return ids
+
+    clean, answers, foils = [], [], []
+    for i, item in enumerate(items):
+        clean.append(encode(item.clean, f"prompts.clean[{i}]"))
+        for field, text, out in (("answer", item.answer, answers), ("foil", item.foil, foils)):
+            try:
+                out.append(answer_token_id(tok, item.clean, text))
+            except TokenizationError as error:
+                raise SpecError(f"prompts.{field}[{i}]", str(error)) from None
+    corrupted = None
+    if pairs.has_corrupted:
+        corrupted = [encode(item.corrupted, f"prompts.corrupted[{i}]") for i, item in enumerate(items)]
+        for i, (c, x) in enumerate(zip(clean, corrupted)):
+            if aligned and len(c) != len(x):
+                raise SpecError(
+                    f"prompts.corrupted[{i}]",
+                    f"has {len(x)} tokens but its clean prompt has {len(c)}; patching compares "
+                    "positions one to one, so each pair must tokenise to the same length")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    def padded(rows):
+        ids = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
+        for i, row in enumerate(rows):
+            for j, token in enumerate(row):  # right padding: real tokens first
+                ids[i, j] = token
+        return ids, torch.tensor([len(r) for r in rows])
+
+    clean_ids, lengths = padded(clean)
+    corrupted_ids, corrupted_lengths = padded(corrupted) if corrupted is not None else (None, None)
+    return dict(clean=clean_ids, lengths=lengths, answer=torch.tensor(answers),
+                foil=torch.tensor(foils), corrupted=corrupted_ids,
+                corrupted_lengths=corrupted_lengths, texts=tuple(items))
+
+
+def _outcome(run):
+    """What a tokenisation gives: its fields, or the SpecError's field and message."""
+    try:
+        out = run()
+    except SpecError as error:
+        return ("SpecError", error.field, str(error))
+    if not isinstance(out, dict):
+        out = {name: getattr(out, name) for name in ("clean", "lengths", "answer", "foil",
+                                                     "corrupted", "corrupted_lengths", "texts")}
+    return out
+
+
+def _assert_same(ours, reference) -> None:
+    if isinstance(reference, tuple) or isinstance(ours, tuple):
+        assert ours == reference
+        return
+    assert ours["texts"] == reference["texts"]
+    for name in ("clean", "lengths", "answer", "foil", "corrupted", "corrupted_lengths"):
+        a, b = ours[name], reference[name]
+        if b is None:
+            assert a is None, name
+            continue
+        assert a.dtype == b.dtype == torch.long and a.device.type == "cpu", name
+        assert a.shape == b.shape and torch.equal(a, b), name
+
+
+def _variants(base: PromptPairs, blank_tokenises_to_nothing: bool) -> list[tuple[PromptPairs, dict]]:
+    """``base`` (explicit lists, aligned pairs), and edits of it that each break one check."""
+
+    def edit(name: str, i: int, value: str) -> PromptPairs:
+        values = list(getattr(base, name))
+        values[i] = value
+        return base.model_copy(update={name: tuple(values)})
+
+    flag_sets = [dict(), dict(need_corrupted=True), dict(need_corrupted=True, aligned=True)]
+    cases = [(base, flags) for flags in flag_sets]
+    cases += [(base.model_copy(update={"corrupted": ()}), flags) for flags in flag_sets]
+    cases += [
+        (edit("answer", 1, base.answer[1] + base.answer[1]), {}),  # two tokens
+        (edit("foil", 2, " qqzzxxjj"), {}),  # unknown word / several pieces
+        (edit("answer", 0, base.answer[0].strip()), {}),  # no leading space: merges with the prompt
+        (edit("foil", len(base.clean) - 1, base.foil[-1] + "s"), {}),
+        (edit("clean", 1, base.clean[1] + " é ✓ 日本"), {}),
+        (edit("corrupted", 1, base.corrupted[1] + base.answer[1]), dict(aligned=True)),
+        (edit("corrupted", 1, base.corrupted[1] + base.answer[1]), dict(aligned=False)),
+    ]
+    if blank_tokenises_to_nothing:
+        cases += [(edit("clean", 2, " "), {}), (edit("corrupted", 2, " "), dict(aligned=True))]
+    return cases
+
+
+def _check_against_reference(model, base: PromptPairs, blank_tokenises_to_nothing: bool) -> None:
+    batch = tokenize_prompts(model, base, need_corrupted=True, aligned=True)
+    assert int(batch.lengths.min()) < int(batch.lengths.max()), "the base set must need padding"
+    outcomes = []
+    for pairs, flags in _variants(base, blank_tokenises_to_nothing):
+        ours = _outcome(lambda: tokenize_prompts(model, pairs, **flags))
+        _assert_same(ours, _outcome(lambda: _reference_tokenize(model, pairs, **flags)))
+        outcomes.append(ours if isinstance(ours, tuple) else "ok")
+    # the variants reach both success and several distinct errors, so the comparison means something
+    errors = {o[1] for o in outcomes if isinstance(o, tuple)}
+    assert "ok" in outcomes and len(errors) >= 3, outcomes
+
+
+def _ioi_pairs(model, n: int = 32) -> PromptPairs:
+    items = get_task("ioi").generate(n, split="heldout", seed=0, tokenizer=model.tokenizer)
+    return PromptPairs(clean=[i.clean for i in items], corrupted=[i.corrupted for i in items],
+                       answer=[i.answer for i in items], foil=[i.foil for i in items])
+
+
+def test_tokenize_prompts_matches_per_prompt_reference_tiny(gpt2) -> None:
+    base = word_pairs(n=5, length=[3, 6, 4, 5, 2])
+    _check_against_reference(gpt2, base, blank_tokenises_to_nothing=True)
+
+
+def test_tokenize_prompts_matches_per_prompt_reference_organism() -> None:
+    model = load_model("organism-default")
+    _check_against_reference(model, _ioi_pairs(model), blank_tokenises_to_nothing=False)
+    generated = PromptPairs(task="ioi", n=7, split="train", seed=3)
+    for flags in (dict(), dict(need_corrupted=True, aligned=True)):
+        _assert_same(_outcome(lambda: tokenize_prompts(model, generated, **flags)),
+                     _outcome(lambda: _reference_tokenize(model, generated, **flags)))
+
+
+@pytest.mark.slow
+def test_tokenize_prompts_matches_per_prompt_reference_gemma() -> None:
+    from transformers import AutoTokenizer
+
+    folder = Path.home() / ".cache" / "circuitsleuth" / "gemma-3-270m"
+    if not (folder / "tokenizer.json").is_file():
+        pytest.skip("gemma-3-270m is not in the local cache")
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    assert tokenizer.bos_token_id is not None and tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id
+    # tokenize_prompts needs only the tokenizer and the device, not gemma's weights
+    model = SimpleNamespace(tokenizer=tokenizer, device=torch.device("cpu"))
+    _check_against_reference(model, _ioi_pairs(model), blank_tokenises_to_nothing=False)

@@ -25,13 +25,14 @@ import hashlib
 import importlib.util
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tools.adapters import ArchitectureAdapter, adapter_for
+from tools.backends import Backend, LocalBackend
 from tools.errors import (
     ModelError,
     ModelNotFoundError,
@@ -60,7 +61,8 @@ class LoadedModel:
 
     lm: "TransformersModel"
     """The nnsight model (``nnsight.TransformersModel`` with task text-generation, which is
-    what the deprecated ``nnsight.LanguageModel`` is). Trace it with ``lm.trace(ids)``."""
+    what the deprecated ``nnsight.LanguageModel`` is). Experiments trace it through
+    `trace`, never ``lm.trace`` directly, so that the backend decides where it runs."""
     adapter: ArchitectureAdapter
     """Canonical component names -> module sites, and the model's dimensions."""
     tokenizer: "PreTrainedTokenizerBase"
@@ -76,6 +78,29 @@ class LoadedModel:
     """Where the weights live."""
     dtype: torch.dtype
     """The floating dtype of the weights."""
+    backend: Backend = field(default_factory=LocalBackend)
+    """Where traces run (`tools.backends`): here by default, or on NDIF."""
+
+    def trace(self, *inputs: Any, **kwargs: Any) -> Any:
+        """``with model.trace(ids):`` — an nnsight trace of `lm` on this model's `backend`.
+
+        The one way experiments open a trace, so none of them knows where it runs.
+        """
+        return self.backend.trace(self.lm, *inputs, **kwargs)
+
+    def generate(self, *inputs: Any, **kwargs: Any) -> Any:
+        """``with model.generate(ids, max_new_tokens=n) as tracer:`` — traced generation on
+        this model's `backend`; the ids are ``tracer.result`` (save it)."""
+        return self.backend.generate(self.lm, *inputs, **kwargs)
+
+    def with_backend(self, backend: Backend) -> "LoadedModel":
+        """The same model (same weights, nnsight wrapper and hash) with traces run by ``backend``.
+
+        Raises:
+            UserInputError: when ``backend`` cannot run this model (e.g. NDIF and a local folder).
+        """
+        backend.check(self)
+        return replace(self, backend=backend)
 
     @property
     def hf_model(self) -> "PreTrainedModel":

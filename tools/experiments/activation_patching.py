@@ -80,17 +80,13 @@ DEFAULT_SWEEPS = (
 )
 
 
-class ActivationPatchingSpec(ExperimentSpec):
-    """Patch clean into corrupted (or back) at each site of the chosen sweeps."""
+class SweptSpec(ExperimentSpec):
+    """The fields of an experiment over sweeps of sites (activation and attribution patching)."""
 
-    kind: Literal["activation_patching"] = "activation_patching"
     mode: Literal["denoising", "noising"] = "denoising"
     """``denoising``: base = corrupted, values from clean; ``noising``: the reverse."""
     sweeps: tuple[PatchSweep, ...] = DEFAULT_SWEEPS
     """Which sites to sweep (default: residual by layer × position, attention, MLP, heads)."""
-    component_sets: tuple[tuple[str, ...], ...] = ()
-    """Extra variants, each a set of components (``"head.1.2"``, ``"mlp.0"``) patched
-    together at every position."""
     layers: tuple[int, ...] | None = None
     """Restrict the sweeps to these layers (default: all)."""
     heads: tuple[int, ...] | None = None
@@ -110,16 +106,29 @@ class ActivationPatchingSpec(ExperimentSpec):
                                     f"{', '.join(SWEEP_SITES)}")
         return value
 
-    @model_validator(mode="after")
-    def _check(self) -> "ActivationPatchingSpec":
+    def _check_sweeps(self, experiment: str) -> None:
+        """Corrupted prompts present, and no sweep named twice."""
         if not self.prompts.has_corrupted:
-            raise SpecError("prompts.corrupted", "activation patching needs one corrupted prompt "
+            raise SpecError("prompts.corrupted", f"{experiment} needs one corrupted prompt "
                             "per clean prompt (or a task, which generates them)")
-        if not self.sweeps and not self.component_sets:
-            raise SpecError("sweeps", "nothing to patch: give at least one sweep or component set")
         names = [sweep.name for sweep in self.sweeps]
         if len(set(names)) != len(names):
             raise SpecError("sweeps", "lists the same sweep twice")
+
+
+class ActivationPatchingSpec(SweptSpec):
+    """Patch clean into corrupted (or back) at each site of the chosen sweeps."""
+
+    kind: Literal["activation_patching"] = "activation_patching"
+    component_sets: tuple[tuple[str, ...], ...] = ()
+    """Extra variants, each a set of components (``"head.1.2"``, ``"mlp.0"``) patched
+    together at every position."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "ActivationPatchingSpec":
+        self._check_sweeps("activation patching")
+        if not self.sweeps and not self.component_sets:
+            raise SpecError("sweeps", "nothing to patch: give at least one sweep or component set")
         for i, components in enumerate(self.component_sets):
             if not components:
                 raise SpecError(f"component_sets[{i}]", "is empty; list at least one component")

@@ -82,7 +82,7 @@ def _score(
     logit_diff, answer_prob, correct = [], [], []
     for start, stop in chunks(ids.shape[0], batch_size):
         width = int(lengths[start:stop].max())
-        with model.lm.trace(ids[start:stop, :width]):
+        with model.trace(ids[start:stop, :width]):
             final = read_final_hidden(model, lengths[start:stop] - 1)
         logits = unembed_rows(model, final).cpu()
         rows = torch.arange(stop - start)

@@ -87,7 +87,7 @@ def run_direct_logit_attribution(
         last = prompts.last[start:stop]
         width = int(last.max()) + 1
         z, o_proj_out, mlp = [], [], []
-        with lm.trace(prompts.clean[start:stop, :width]):
+        with model.trace(prompts.clean[start:stop, :width]):
             embed = gather_rows(adapter.resid_pre(lm, 0), last).save()
             for layer in range(adapter.n_layers):
                 z.append(gather_rows(adapter.z(lm, layer), last).save())

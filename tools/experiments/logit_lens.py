@@ -67,7 +67,7 @@ def run_logit_lens(model: "LoadedModel", spec: LogitLensSpec, *, batch_size: int
         last = prompts.last[start:stop]
         width = int(last.max()) + 1
         streams: list[torch.Tensor] = []
-        with lm.trace(prompts.clean[start:stop, :width]):
+        with model.trace(prompts.clean[start:stop, :width]):
             streams.append(gather_rows(adapter.resid_pre(lm, 0), last).save())
             for layer in range(adapter.n_layers):
                 streams.append(gather_rows(adapter.resid_post(lm, layer), last).save())

@@ -109,7 +109,7 @@ def cache_run(
     final hidden state at ``last`` (``[batch, d_model]``, for `unembed_rows`)."""
     ordered = sorted(set(keys), key=forward_order)
     cache: dict[SiteKey, torch.Tensor] = {}
-    with model.lm.trace(ids):
+    with model.trace(ids):
         for key in ordered:
             cache[key] = read_site(model, key).save()
         final = read_final_hidden(model, last)
@@ -183,7 +183,7 @@ def _run_group(
         skip_value = base_resid_post[start_layer - 1].repeat(k, 1, 1)
     adapter, lm = model.adapter, model.lm
     last = (lengths - 1).repeat(k)
-    with lm.trace(base_ids.repeat(k, 1)):
+    with model.trace(base_ids.repeat(k, 1)):
         if skip_value is not None:
             for layer in range(start_layer):
                 adapter.block(lm, layer).skip(skip_value)

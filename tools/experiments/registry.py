@@ -10,10 +10,21 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Union
 from pydantic import Field, TypeAdapter
 
 from tools.errors import SpecError
+from tools.experiments.ablation import AblationResult, AblationSpec, run_ablation
 from tools.experiments.activation_patching import (
     ActivationPatchingResult,
     ActivationPatchingSpec,
     run_activation_patching,
+)
+from tools.experiments.attention import (
+    AttentionPatternResult,
+    AttentionPatternSpec,
+    run_attention_patterns,
+)
+from tools.experiments.attribution_patching import (
+    AttributionPatchingResult,
+    AttributionPatchingSpec,
+    run_attribution_patching,
 )
 from tools.experiments.behaviour import BehaviourExperimentSpec, BehaviourResult, run_behaviour
 from tools.experiments.direct_logit_attribution import (
@@ -22,14 +33,21 @@ from tools.experiments.direct_logit_attribution import (
     run_direct_logit_attribution,
 )
 from tools.experiments.logit_lens import LogitLensResult, LogitLensSpec, run_logit_lens
+from tools.experiments.neurons import NeuronActivationResult, NeuronActivationSpec, run_neuron_activations
+from tools.experiments.path_patching import PathPatchingResult, PathPatchingSpec, run_path_patching
 from tools.experiments.result import ExperimentResult
 from tools.experiments.spec import ExperimentSpec
+from tools.experiments.steering import SteeringResult, SteeringSpec, run_steering
 
 if TYPE_CHECKING:
     from tools.loading import LoadedModel
 
 AnyExperimentSpec = Annotated[
-    Union[BehaviourExperimentSpec, LogitLensSpec, DirectLogitAttributionSpec, ActivationPatchingSpec],
+    Union[
+        BehaviourExperimentSpec, LogitLensSpec, DirectLogitAttributionSpec, ActivationPatchingSpec,
+        AttributionPatchingSpec, PathPatchingSpec, AblationSpec, SteeringSpec, AttentionPatternSpec,
+        NeuronActivationSpec,
+    ],
     Field(discriminator="kind"),
 ]
 """Any experiment spec, told apart by ``kind`` (use with pydantic or `parse_spec`)."""
@@ -43,6 +61,13 @@ EXPERIMENTS: dict[str, tuple[type[ExperimentSpec], type[ExperimentResult], Calla
                                  run_direct_logit_attribution),
     "activation_patching": (ActivationPatchingSpec, ActivationPatchingResult,
                             run_activation_patching),
+    "attribution_patching": (AttributionPatchingSpec, AttributionPatchingResult,
+                             run_attribution_patching),
+    "path_patching": (PathPatchingSpec, PathPatchingResult, run_path_patching),
+    "ablation": (AblationSpec, AblationResult, run_ablation),
+    "steering": (SteeringSpec, SteeringResult, run_steering),
+    "attention_patterns": (AttentionPatternSpec, AttentionPatternResult, run_attention_patterns),
+    "neuron_activations": (NeuronActivationSpec, NeuronActivationResult, run_neuron_activations),
 }
 """kind -> (spec class, result class, run function)."""
 

@@ -94,7 +94,9 @@ class ExperimentResult(BaseModel):
             return False
         mine, theirs = self.tensors, other.tensors
         return mine.keys() == theirs.keys() and all(
-            mine[k].shape == theirs[k].shape and torch.equal(mine[k], theirs[k]) for k in mine
+            mine[k].shape == theirs[k].shape and mine[k].dtype == theirs[k].dtype
+            and torch.equal(mine[k].isnan(), theirs[k].isnan())
+            and torch.equal(mine[k].nan_to_num(0.0), theirs[k].nan_to_num(0.0)) for k in mine
         )
 
     __hash__ = None  # type: ignore[assignment]

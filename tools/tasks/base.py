@@ -17,7 +17,7 @@ import random
 from abc import ABC, abstractmethod
 from typing import Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from tools.errors import TokenizationError
 
