@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import importlib
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -260,6 +261,10 @@ def test_dry_run_really_hides_our_modules(monkeypatch):
     monkeypatch.setattr(backend, "_ship_our_code", lambda: None)
     monkeypatch.setattr(ndif, "pull_env", lambda: None)
     monkeypatch.setattr(cp, "_PICKLE_BY_VALUE_MODULES", set())
+    # An editable install (``pip install -e .``, what `make test` does) reaches our code through
+    # a meta-path finder that the simulation does not hide; NDIF has no such install.
+    monkeypatch.setattr(sys, "meta_path", [finder for finder in sys.meta_path
+                                           if "__editable__" not in getattr(finder, "__module__", "")])
     with pytest.raises(Exception, match="tools|tests"):
         spec, run = experiment("behaviour")
         run(model.with_backend(backend), spec)
