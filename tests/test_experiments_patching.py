@@ -205,3 +205,131 @@ def test_patching_on_generated_task_prompts() -> None:
     assert result.provenance.seed == 0
     assert torch.allclose(result.tensors["effect.resid_pre"], torch.ones(2), atol=1e-4)
     assert result.tensor_shapes["effect.head_by_pos"] == (2, 2, 2)
+
+
+@pytest.mark.parametrize("mode", ["denoising", "noising"])
+def test_head_sweep_reuses_base_attention_and_last_position_mlp(loaded, mode: str) -> None:
+    """A head sweep's first patched block does not rerun its attention, the last block's MLP
+    sees one position per row, and every head's numbers still equal naive patching."""
+    adapter = loaded.adapter
+    last_block = adapter.n_layers - 1
+    pairs = word_pairs(n=3, length=[4, 6, 5], seed=7)
+    prompts = tokenize_prompts(loaded, pairs, need_corrupted=True, aligned=True)
+    base, source = (prompts.corrupted, prompts.clean) if mode == "denoising" else (prompts.clean, prompts.corrupted)
+    # count each attention's query projection (its first weight layer) and the positions the
+    # last MLP computes (hooks on the MLP module itself see what nnsight replaced)
+    qkv_calls = [0] * adapter.n_layers
+    mlp_widths: list[int] = []
+    blocks = loaded.hf_model.get_submodule(adapter.paths.blocks)
+
+    def first_weight_layer(module):
+        return next(m for m in module.modules() if getattr(m, "weight", None) is not None)
+
+    hooks = [first_weight_layer(blocks[i].get_submodule(adapter.paths.attn)).register_forward_hook(
+        lambda *_, i=i: qkv_calls.__setitem__(i, qkv_calls[i] + 1)) for i in range(adapter.n_layers)]
+    hooks.append(first_weight_layer(blocks[last_block].get_submodule(adapter.paths.mlp)).register_forward_hook(
+        lambda module, args, output: mlp_widths.append(args[0].shape[1])))
+    try:
+        spec = ActivationPatchingSpec(prompts=pairs, mode=mode, layers=(last_block,),
+                                      sweeps=[PatchSweep(site="head")])
+        result = run_activation_patching(loaded, spec, batch_size=1000)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # the two reference runs only: the one patched pass skips the whole patched block's attention
+    assert qkv_calls[last_block] == 2
+    width = prompts.corrupted.shape[1]
+    assert mlp_widths == [width, width, 1]
+    answer_foil = prompts.readout_ids
+    for h in range(adapter.n_heads):
+        logits = naive_patch(loaded, base, source, prompts.lengths, [Patch(Component("head", last_block, h))])
+        picked = logits.gather(1, answer_foil)
+        expected = picked[:, 0] - picked[:, 1]
+        assert torch.allclose(result.tensors["logit_diff.head"][0, h], expected, atol=ATOL), h
+
+
+def test_attention_reuse_and_last_position_mlp_change_no_number(loaded) -> None:
+    """`run_patched_variants` with and without the base run's attention cache (and with a
+    last-block MLP patch, which turns off the last-position MLP) gives the same logits."""
+    adapter = loaded.adapter
+    n_layers = adapter.n_layers
+    pairs = word_pairs(n=3, length=[5, 4, 6], seed=8)
+    prompts = tokenize_prompts(loaded, pairs, need_corrupted=True, aligned=True)
+    variants = [(Patch(Component("head", l, h)),) for l in range(n_layers) for h in range(adapter.n_heads)]
+    variants += [(Patch(Component("head", 0, 1), (-1,)), Patch(Component("mlp", n_layers - 1))),
+                 (Patch(Component("head", 1, 0), (0, -2)),)]
+    from tools.experiments.patching import site_keys
+
+    keys = [("resid_post", l) for l in range(n_layers)]
+    keys += [("z", l) for l in range(n_layers)]
+    base, _ = cache_run(loaded, prompts.corrupted, prompts.last, keys)
+    source, _ = cache_run(loaded, prompts.clean, prompts.last, site_keys(variants))
+    resid = {l: base[("resid_post", l)] for l in range(n_layers)}
+    attention = {l: base[("z", l)] for l in range(n_layers)}
+    fast = run_patched_variants(loaded, prompts.corrupted, prompts.lengths, source, variants,
+                                base_resid_post=resid, base_attention=attention, batch_size=6)
+    plain = run_patched_variants(loaded, prompts.corrupted, prompts.lengths, source, variants,
+                                 batch_size=3)
+    assert (fast - plain).abs().max() <= ATOL
+    for variant, logits in zip(variants[-2:], fast[-2:]):
+        expected = naive_patch(loaded, prompts.corrupted, prompts.clean, prompts.lengths, list(variant))
+        assert (logits - expected).abs().max() <= ATOL
+
+
+def _pairs_sharing_a_prefix(shared: int, seed: int) -> PromptPairs:
+    """Word prompts whose corrupted version changes only the word after the first ``shared``."""
+    pairs = word_pairs(n=3, length=[shared + 2, shared + 3, shared + 1], seed=seed)
+    corrupted = []
+    for clean in pairs.clean:
+        words = clean.split()
+        words[shared] = "w61" if words[shared] != "w61" else "w60"
+        corrupted.append(" ".join(words))
+    return PromptPairs(clean=pairs.clean, corrupted=tuple(corrupted), answer=pairs.answer, foil=pairs.foil)
+
+
+@pytest.mark.parametrize("mode", ["denoising", "noising"])
+def test_shared_prefix_runs_mlps_on_later_positions_only_and_equals_naive(loaded, mode: str) -> None:
+    """Clean and corrupted prompts equal up to word 3: every sweep and set still equals naive
+    patching, and the patched passes' MLPs before the last block see only the later positions."""
+    from tools.experiments.patching import shared_prefix_length
+
+    pairs = _pairs_sharing_a_prefix(3, seed=9)
+    prompts = tokenize_prompts(loaded, pairs, need_corrupted=True, aligned=True)
+    width = prompts.clean.shape[1]
+    prefix = shared_prefix_length(prompts.corrupted, prompts.clean)
+    assert 3 <= prefix < width and not torch.equal(prompts.clean, prompts.corrupted)
+    adapter = loaded.adapter
+    # positions each call of block 0's MLP computes (read from its first weight layer: hooks on
+    # the MLP module itself see the arguments and output nnsight replaced)
+    widths: list[int] = []
+    block0_mlp = loaded.hf_model.get_submodule(adapter.paths.blocks)[0].get_submodule(adapter.paths.mlp)
+    first_layer = next(m for m in block0_mlp.modules() if getattr(m, "weight", None) is not None)
+    hook = first_layer.register_forward_hook(lambda module, args, output: widths.append(args[0].shape[1]))
+    spec = ActivationPatchingSpec(prompts=pairs, mode=mode, sweeps=ALL_SWEEPS, positions=(0, -1),
+                                  component_sets=[("head.0.1", "mlp.1"), ("embed", "head.1.0")])
+    try:
+        result = run_activation_patching(loaded, spec, batch_size=6)
+    finally:
+        hook.remove()
+    assert widths[:2] == [width, width]  # the two reference runs
+    assert width - prefix in widths[2:] and set(widths[2:]) <= {width, width - prefix}
+    base, source = (prompts.corrupted, prompts.clean) if mode == "denoising" else (prompts.clean, prompts.corrupted)
+
+    def naive_logit_diff(patches) -> torch.Tensor:
+        picked = naive_patch(loaded, base, source, prompts.lengths, patches).gather(1, prompts.readout_ids)
+        return picked[:, 0] - picked[:, 1]
+
+    for sweep in result.sweeps:
+        values = result.tensors[f"logit_diff.{sweep.name}"]
+        for li, layer in enumerate(sweep.layers):
+            for hi, head in enumerate(sweep.heads or [None]):
+                name = f"head.{layer}.{head}" if head is not None else f"{sweep.site}.{layer}"
+                for pi, position in enumerate(sweep.positions or [None]):
+                    index = (li, hi) if sweep.heads else (li,)
+                    index += (pi,) if sweep.per_position else ()
+                    positions = None if position is None else (position,)
+                    expected = naive_logit_diff([Patch(parse_component(name), positions)])
+                    assert torch.allclose(values[index], expected, atol=ATOL), (sweep.name, index)
+    for i, components in enumerate(spec.component_sets):
+        expected = naive_logit_diff([Patch(parse_component(c)) for c in components])
+        assert torch.allclose(result.tensors["logit_diff.sets"][i], expected, atol=ATOL)

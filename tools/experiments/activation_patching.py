@@ -33,6 +33,7 @@ from tools.experiments.patching import (
     Variant,
     cache_run,
     run_patched_variants,
+    shared_prefix_length,
     site_keys,
 )
 from tools.experiments.prompts import PromptBatch, tokenize_prompts
@@ -292,15 +293,20 @@ def _run_chunk(
         prompts.clean, prompts.corrupted)
     last = prompts.last
     n_layers = model.adapter.n_layers
+    sources = site_keys(variants)
+    head_layers = sorted(layer for site, layer in sources if site == "z")
     base_keys = [("resid_post", layer) for layer in range(n_layers - 1)]
+    base_keys += [("z", layer) for layer in head_layers]
     base_cache, base_final = cache_run(model, base_ids, last, base_keys)
-    source_cache, source_final = cache_run(model, source_ids, last, site_keys(variants))
+    source_cache, source_final = cache_run(model, source_ids, last, sources)
     base_ld = _logit_diff(unembed_rows(model, base_final, readout))
     source_ld = _logit_diff(unembed_rows(model, source_final, readout))
     base_resid_post = {layer: base_cache[("resid_post", layer)] for layer in range(n_layers - 1)}
+    base_attention = {layer: base_cache[("z", layer)] for layer in head_layers}
     logits = run_patched_variants(
         model, base_ids, prompts.lengths, source_cache, variants, token_ids=readout,
-        base_resid_post=base_resid_post, batch_size=batch_size,
+        base_resid_post=base_resid_post, base_attention=base_attention,
+        shared_prefix=shared_prefix_length(base_ids, source_ids), batch_size=batch_size,
     )
     patched = _logit_diff(logits)
     clean, corrupted = (source_ld, base_ld) if spec.mode == "denoising" else (base_ld, source_ld)
