@@ -63,6 +63,24 @@ def naive_patch(model, base_ids, source_ids, lengths, patches) -> torch.Tensor:
     return logits[torch.arange(len(lengths)), lengths - 1].detach()
 
 
+def assert_sweeps_match_naive(result, naive_logit_diff) -> int:
+    """Every cell of every sweep of ``result`` equals a naive one-patch run; returns the count."""
+    checked = 0
+    for sweep in result.sweeps:
+        values = result.tensors[f"logit_diff.{sweep.name}"]
+        for li, layer in enumerate(sweep.layers):
+            for hi, head in enumerate(sweep.heads or [None]):
+                name = f"head.{layer}.{head}" if head is not None else f"{sweep.site}.{layer}"
+                for pi, position in enumerate(sweep.positions or [None]):
+                    index = (li, hi) if sweep.heads else (li,)
+                    index += (pi,) if sweep.per_position else ()
+                    positions = None if position is None else (position,)
+                    expected = naive_logit_diff([Patch(parse_component(name), positions)])
+                    assert torch.allclose(values[index], expected, atol=ATOL), (sweep.name, index)
+                    checked += 1
+    return checked
+
+
 def test_patching_every_clean_activation_reproduces_the_clean_logits(loaded) -> None:
     pairs = word_pairs(n=3, length=[5, 6, 4], seed=1)
     prompts = tokenize_prompts(loaded, pairs, need_corrupted=True, aligned=True)
@@ -138,19 +156,7 @@ def test_batched_skipping_patching_equals_naive_patching(loaded, mode: str) -> N
         picked = logits.gather(1, answer_foil)
         return picked[:, 0] - picked[:, 1]
 
-    checked = 0
-    for sweep in result.sweeps:
-        values = result.tensors[f"logit_diff.{sweep.name}"]
-        for li, layer in enumerate(sweep.layers):
-            for hi, head in enumerate(sweep.heads or [None]):
-                name = f"head.{layer}.{head}" if head is not None else f"{sweep.site}.{layer}"
-                for pi, position in enumerate(sweep.positions or [None]):
-                    index = (li, hi) if sweep.heads else (li,)
-                    index += (pi,) if sweep.per_position else ()
-                    positions = None if position is None else (position,)
-                    expected = naive_logit_diff([Patch(parse_component(name), positions)])
-                    assert torch.allclose(values[index], expected, atol=ATOL), (sweep.name, index)
-                    checked += 1
+    checked = assert_sweeps_match_naive(result, naive_logit_diff)
     for i, components in enumerate(spec.component_sets):
         expected = naive_logit_diff([Patch(parse_component(c)) for c in components])
         assert torch.allclose(result.tensors["logit_diff.sets"][i], expected, atol=ATOL)
@@ -319,17 +325,7 @@ def test_shared_prefix_runs_mlps_on_later_positions_only_and_equals_naive(loaded
         picked = naive_patch(loaded, base, source, prompts.lengths, patches).gather(1, prompts.readout_ids)
         return picked[:, 0] - picked[:, 1]
 
-    for sweep in result.sweeps:
-        values = result.tensors[f"logit_diff.{sweep.name}"]
-        for li, layer in enumerate(sweep.layers):
-            for hi, head in enumerate(sweep.heads or [None]):
-                name = f"head.{layer}.{head}" if head is not None else f"{sweep.site}.{layer}"
-                for pi, position in enumerate(sweep.positions or [None]):
-                    index = (li, hi) if sweep.heads else (li,)
-                    index += (pi,) if sweep.per_position else ()
-                    positions = None if position is None else (position,)
-                    expected = naive_logit_diff([Patch(parse_component(name), positions)])
-                    assert torch.allclose(values[index], expected, atol=ATOL), (sweep.name, index)
+    assert_sweeps_match_naive(result, naive_logit_diff)
     for i, components in enumerate(spec.component_sets):
         expected = naive_logit_diff([Patch(parse_component(c)) for c in components])
         assert torch.allclose(result.tensors["logit_diff.sets"][i], expected, atol=ATOL)

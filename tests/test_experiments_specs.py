@@ -38,20 +38,6 @@ def gpt2():
     return tiny_loaded("gpt2")
 
 
-@pytest.fixture
-def no_forward(gpt2):
-    """The tiny GPT-2, with any forward pass failing the test."""
-
-    def refuse(module, args, kwargs):
-        raise AssertionError("the model ran a forward pass")
-
-    handle = gpt2.hf_model.register_forward_pre_hook(refuse, with_kwargs=True)
-    try:
-        yield gpt2
-    finally:
-        handle.remove()
-
-
 def _field(error: pytest.ExceptionInfo) -> str:
     assert isinstance(error.value, SpecError) and isinstance(error.value, UserInputError)
     assert str(error.value).startswith(error.value.field)
