@@ -342,7 +342,7 @@ def _assemble(
         tensors[f"logit_diff.{description.name}"] = per_variant[index].reshape(*shape, -1)
         descriptions.append(description)
         if normalisable:
-            candidates.extend(_cells(description, effects[index].tolist()))
+            candidates.extend(sweep_cells(description, effects[index].tolist()))
     set_effects = []
     if plan["sets"]:
         index = torch.tensor(plan["sets"], dtype=torch.long)
@@ -362,7 +362,7 @@ def _assemble(
     )
 
 
-def _cells(description: SweepEffects, values: list[float]) -> list[PatchEffect]:
+def sweep_cells(description: SweepEffects, values: list[float]) -> list[PatchEffect]:
     """Label each value of a sweep (in its row-major order) with its component and position."""
     out = []
     i = 0

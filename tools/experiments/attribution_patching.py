@@ -72,6 +72,7 @@ from tools.experiments.activation_patching import (
     PatchEffect,
     SweepEffects,
     SweptSpec,
+    sweep_cells,
 )
 from tools.experiments.patching import SiteKey, cache_run, forward_order, read_site
 from tools.experiments.prompts import PromptBatch, tokenize_prompts
@@ -370,7 +371,7 @@ def _assemble(
         tensors[f"effect.{sweep.name}"] = effect
         tensors[f"attribution.{sweep.name}"] = attribution[sweep.name]
         if normalisable:
-            candidates.extend(_cells(sweep, effect.flatten().tolist()))
+            candidates.extend(sweep_cells(sweep, effect.flatten().tolist()))
     top = sorted(candidates, key=lambda e: -abs(e.effect))[:TOP_K]
     return AttributionPatchingResult(
         spec=spec, provenance=provenance_for(model, spec.seed),
@@ -380,17 +381,3 @@ def _assemble(
         sweeps=tuple(plan["sweeps"]), top=tuple(top),
         tensors={k: v.detach().cpu() for k, v in tensors.items()},
     )
-
-
-def _cells(sweep: SweepEffects, values: list[float]) -> list[PatchEffect]:
-    """Label each value of a sweep (in its row-major order) with its component and position."""
-    out = []
-    i = 0
-    for layer in sweep.layers:
-        for head in sweep.heads or [None]:
-            component = f"head.{layer}.{head}" if head is not None else f"{sweep.site}.{layer}"
-            for position in sweep.positions or [None]:
-                out.append(PatchEffect(sweep=sweep.name, component=component, position=position,
-                                       effect=values[i]))
-                i += 1
-    return out
