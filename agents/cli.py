@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -80,6 +81,63 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from memory.runstore import RunStore
+    from memory.workspace import Workspace
+
+    workspace = Workspace.open(args.workspace)
+    rows = RunStore(workspace).list()
+    if args.json:
+        print(json.dumps({"workspace": str(workspace.path),
+                          "runs": [r.model_dump(mode="json") for r in rows]}, indent=1))
+        return 0
+    print(f"workspace: {workspace.path}  ({len(rows)} run{'s' * (len(rows) != 1)})")
+    if not rows:
+        return 0
+    print(f"{'run':<24}{'status':<18}{'model':<22}{'sup':>4}{'ref':>4}{'exp':>5}{'hits':>5}{'wall s':>8}{'$':>7}  question")
+    for r in rows:
+        if r.damaged:
+            print(f"{r.id:<24}{'DAMAGED':<18}{r.damaged}")
+            continue
+        c = r.cost
+        question = r.question if len(r.question) <= 60 else r.question[:57] + "..."
+        print(f"{r.id:<24}{r.status:<18}{r.model_id[:21]:<22}{r.supported:>4}{r.refuted:>4}"
+              f"{c.experiments:>5}{c.cache_hits:>5}{c.wall_s:>8.1f}{c.dollars:>7.2f}  {question}")
+    return 0
+
+
+def _cmd_memory_search(args: argparse.Namespace) -> int:
+    from memory.vector import CHROMA_URL_ENV, VectorMemory
+    from memory.workspace import Workspace
+    from tools.errors import StorageError
+
+    if not args.text.strip():
+        raise UserInputError("memory search needs some text to search for")
+    if args.k < 1:
+        raise UserInputError(f"-k must be at least 1, not {args.k}")
+    url = args.chroma_url or os.environ.get(CHROMA_URL_ENV)
+    workspace = None
+    if not url:
+        workspace = Workspace.open(args.workspace)
+        if not workspace.chroma_dir.is_dir():
+            raise StorageError(f"workspace {workspace.path} has no vector memory yet (no investigation has stored findings)")
+    memory = VectorMemory.open(workspace, url=url, namespace=args.namespace)
+    hits = memory.search(args.text, model_id=args.model, k=args.k)
+    if args.json:
+        print(json.dumps({"query": args.text, "model": args.model,
+                          "hits": [h.model_dump(mode="json") for h in hits]}, indent=1))
+        return 0
+    if not hits:
+        print("no stored findings" + (f" for model {args.model}" if args.model else ""))
+    for h in hits:
+        m = h.metadata
+        where = " ".join(f"{k}={m[k]}" for k in ("model_id", "run_id", "verdict") if k in m)
+        comps = ",".join(m.get("components", []))
+        print(f"{1 - h.distance:6.3f}  {h.collection:<11} {h.text}")
+        print(f"        {where}{'  components=' + comps if comps else ''}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sleuth", description="circuitsleuth: an autonomous interpretability lab")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -107,6 +165,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for the run (default: torch's own choice)")
     b.set_defaults(func=_cmd_bench)
+
+    workspace_help = "workspace folder (default: $SLEUTH_WORKSPACE, else ./sleuth-workspace)"
+    r = sub.add_parser("runs", help="list the runs of a workspace: question, model, status, claims, cost")
+    r.add_argument("--workspace", default=None, help=workspace_help)
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(func=_cmd_runs)
+
+    m = sub.add_parser("memory", help="query the vector memory of findings")
+    msub = m.add_subparsers(dest="memory_command", required=True)
+    ms = msub.add_parser("search", help="stored findings, experiments, hypotheses and questions nearest to TEXT")
+    ms.add_argument("text", metavar="TEXT")
+    ms.add_argument("--model", default=None, help="only records about this model id")
+    ms.add_argument("-k", type=int, default=10, help="how many hits (default 10)")
+    ms.add_argument("--workspace", default=None, help=workspace_help)
+    ms.add_argument("--chroma-url", default=None,
+                    help="a chroma server (http://HOST:PORT) instead of the workspace's embedded store "
+                    "(default: $SLEUTH_CHROMA_URL)")
+    ms.add_argument("--namespace", default=None, help="collection prefix (default: $SLEUTH_MEMORY_NAMESPACE, else sleuth)")
+    ms.add_argument("--json", action="store_true", help="print one JSON object")
+    ms.set_defaults(func=_cmd_memory_search)
     return p
 
 

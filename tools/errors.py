@@ -55,3 +55,14 @@ class SpecError(UserInputError):
 
     def __reduce__(self):  # keep the two-argument constructor picklable
         return (type(self), (self.field, self.message))
+
+
+class StorageError(UserInputError):
+    """A workspace that cannot be read or written: missing, not writable, full, locked, damaged.
+
+    The message names the path and what to do; nothing stored before the failure is changed.
+    """
+
+
+class SetupError(UserInputError):
+    """A required offline component is not installed (the embedding model, a server binary)."""

@@ -58,24 +58,20 @@ class ExperimentResult(BaseModel):
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``<key>.safetensors`` and ``<key>.json`` into ``directory``; return the JSON path.
 
-        Both files are written to a temporary name and renamed, so a killed process never
-        leaves a half-written result under the final name.
+        Each file is written atomically and fsynced (`tools.atomic`), tensors first: the JSON is
+        the commit record, so a killed process leaves either a complete result or no JSON at all.
         """
-        from safetensors.torch import save_file
+        from safetensors.torch import save as tensors_to_bytes
+
+        from tools.atomic import atomic_write_bytes, atomic_write_text
 
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         tensor_name = f"{self.key}.safetensors"
-        tensor_path = folder / tensor_name
-        temporary = tensor_path.with_suffix(".safetensors.tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}, temporary)
-        os.replace(temporary, tensor_path)
+        atomic_write_bytes(folder / tensor_name, tensors_to_bytes(
+            {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}))
         stored = self.model_copy(update={"tensor_file": tensor_name})
-        json_path = folder / f"{self.key}.json"
-        temporary = json_path.with_suffix(".json.tmp")
-        temporary.write_text(stored.model_dump_json(indent=1), encoding="utf-8")
-        os.replace(temporary, json_path)
-        return json_path
+        return atomic_write_text(folder / f"{self.key}.json", stored.model_dump_json(indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Self:
