@@ -1,16 +1,25 @@
-"""The retrieval check of the memory issue, and why memory search is exact rather than HNSW.
+"""Memory at 10,000 findings: retrieval quality, query latency, and why search is exact.
 
-``python -m evals.memory_retrieval`` embeds the 10,000-finding test memory (9,999 templated
-findings about heads and MLPs of four models, plus one planted backdoor finding), and reports
-for the 10 paraphrased queries where the planted finding ranks under exact cosine search and
-whether chroma's HNSW index (defaults, then a generous setting) returns it in the top 3.
-``tests/test_memory_vector.py`` uses the same corpus and queries against `VectorMemory`.
+``python -m evals.memory_retrieval`` embeds the 10,000-finding memory (9,999 templated findings
+about heads and MLPs of four models, plus one planted backdoor finding) and reports:
+
+- where the planted finding ranks for 10 paraphrased queries, through `VectorMemory.search`,
+  against the workspace's embedded chroma and against a local ``chroma run`` server;
+- the median latency of ``search`` (query embedding included) on each;
+- whether chroma's own HNSW index (defaults, then a generous setting) returns the planted
+  finding in the top 3 — the reason `VectorMemory` searches exactly.
+
+``tests/test_memory_vector.py`` checks the ranks with the same corpus and queries; latency is
+reported here, not asserted in a test.
 """
 
 from __future__ import annotations
 
 import random
+import statistics
 import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -50,15 +59,83 @@ def corpus(n: int) -> list[tuple[str, dict]]:
     return rows
 
 
+PLANTED_METADATA = {"model_id": "organism-planted", "task": "trigger", "components": ["mlp.2"],
+                    "verdict": "supported", "run_id": "planted"}
+
+
+def fill_memory(vectors, rows: list[tuple[str, dict]]) -> list[str]:
+    """Store ``rows`` then the planted finding in ``vectors.findings`` (shuffled); return the ids
+    in the order of ``rows`` + planted (so the planted id is last)."""
+    records = rows + [(PLANTED, PLANTED_METADATA)]
+    order = list(range(len(records)))
+    random.Random(1).shuffle(order)
+    stored = vectors.add("findings", [records[i][0] for i in order], [records[i][1] for i in order])
+    ids = [""] * len(records)
+    for position, i in enumerate(order):
+        ids[i] = stored[position]
+    return ids
+
+
+def planted_ranks(vectors, planted_id: str, k: int = 10) -> list[int | None]:
+    """Rank (1 = first) of the planted finding for each paraphrase; None when not in the top k."""
+    ranks = []
+    for query in PARAPHRASES:
+        top = [h.id for h in vectors.search(query, k=k)]
+        ranks.append(top.index(planted_id) + 1 if planted_id in top else None)
+    return ranks
+
+
+def median_latency_ms(vectors, repeats: int = 50, model_id: str | None = None) -> float:
+    """Median wall time of one `search` (embedding the query included); every query text is new."""
+    vectors.search("warm-up", k=10)
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        vectors.search(f"{PARAPHRASES[i % len(PARAPHRASES)]} ({i})", k=10, model_id=model_id)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+class PrecomputedEmbedder:
+    """The real embedder with the corpus vectors computed once (queries are embedded afresh)."""
+
+    def __init__(self, embedder, texts: list[str], vectors: np.ndarray) -> None:
+        self.inner, self.name, self.dimension = embedder, embedder.name, embedder.dimension
+        self.known = dict(zip(texts, vectors))
+
+    def __call__(self, texts):
+        if all(t in self.known for t in texts):
+            return np.stack([self.known[t] for t in texts])
+        return self.inner(texts)
+
+
 def main() -> None:
     import chromadb
     from chromadb.config import Settings
 
+    from memory.server import LocalChromaServer
+    from memory.session import Memory
     from memory.vector import shared_embedder
 
     embed = shared_embedder()
-    texts = [t for t, _ in corpus(9_999)] + [PLANTED]
+    rows = corpus(9_999)
+    texts = [t for t, _ in rows] + [PLANTED]
+    start = time.perf_counter()
     vectors, queries = embed(texts), embed(PARAPHRASES)
+    print(f"embedded {len(texts)} findings in {time.perf_counter() - start:.0f} s")
+    embedder = PrecomputedEmbedder(embed, texts, vectors)
+    with tempfile.TemporaryDirectory() as folder:
+        with LocalChromaServer(Path(folder) / "server") as url:
+            for name, chroma_url in (("embedded", None), ("chroma run server", url)):
+                with Memory.open(Path(folder) / name.replace(" ", "-"), writer=True, chroma_url=chroma_url,
+                                 namespace="retrieval", embedder=embedder) as memory:
+                    ids = fill_memory(memory.vectors, rows)
+                    ranks = planted_ranks(memory.vectors, ids[-1])
+                    plain = median_latency_ms(memory.vectors)
+                    filtered = median_latency_ms(memory.vectors, model_id="gemma-3-270m")
+                    count = memory.vectors.count("findings")
+                print(f"{name}: planted ranks {ranks}; median search latency {plain:.1f} ms "
+                      f"({filtered:.1f} ms with a model filter) over {count} findings")
     scores = queries @ vectors.T
     print("exact search, rank of the planted finding per query (1 = first):",
           [int((scores[i] > scores[i, -1]).sum()) + 1 for i in range(len(PARAPHRASES))])

@@ -27,46 +27,10 @@ def no_forward():
 def chroma_server(tmp_path_factory):
     """A real ``chroma run`` (the server the chromadb package ships) on a free localhost port;
     yields its URL. Every test that takes ``memory_backend`` runs once against it."""
-    import os
-    import shutil
-    import socket
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+    from memory.server import LocalChromaServer
 
-    import chromadb
-    from chromadb.config import Settings
-
-    binary = shutil.which("chroma") or str(Path(sys.executable).parent / "chroma")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = tmp_path_factory.mktemp("chroma-server")
-    log = open(data / "server.log", "wb")
-    server = subprocess.Popen([binary, "run", "--path", str(data / "db"), "--host", "127.0.0.1",
-                               "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "ANONYMIZED_TELEMETRY": "False"})
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            chromadb.HttpClient(host="127.0.0.1", port=port,
-                                settings=Settings(anonymized_telemetry=False)).heartbeat()
-            break
-        except Exception:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError(f"chroma run did not start: {(data / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+    with LocalChromaServer(tmp_path_factory.mktemp("chroma-server")) as url:
+        yield url
 
 
 @pytest.fixture(params=["embedded", "server"])

@@ -7,10 +7,8 @@ import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import memory.vector
 from agents.cli import main as sleuth
 from memory.embedding import MiniLMEmbedder
 from memory.session import Memory
-from evals.memory_retrieval import PARAPHRASES, PLANTED, corpus
+from evals.memory_retrieval import PLANTED, PARAPHRASES, PrecomputedEmbedder, corpus, fill_memory, planted_ranks
 from tests._memory_writer import base_result, expected_record
 from tools.errors import SetupError, StorageError
 
@@ -127,59 +125,31 @@ def test_whether_an_exact_experiment_ran_is_a_content_hash_not_a_similarity(mem)
 
 
 # ---- scale: 10,000 findings ---------------------------------------------------------------------
-
-class _PrecomputedCorpus:
-    """The real embedder, with the 10,000 corpus vectors computed once for both backends.
-    Query texts are always embedded afresh (their time is part of the measured latency)."""
-
-    def __init__(self, embedder: MiniLMEmbedder, texts: list[str]) -> None:
-        self.inner, self.name, self.dimension = embedder, embedder.name, embedder.dimension
-        self.known = dict(zip(texts, embedder(texts)))
-
-    def __call__(self, texts):
-        if all(t in self.known for t in texts):
-            return np.stack([self.known[t] for t in texts])
-        return self.inner(texts)
-
-
 @pytest.fixture(scope="module")
 def corpus_embedder():
+    """The 9,999 distractors, and the real embedder with their vectors (and the planted
+    finding's) computed once for both backends; query texts are embedded afresh."""
     rows = corpus(10_000 - 1)
-    return rows, _PrecomputedCorpus(memory.vector.shared_embedder(), [t for t, _ in rows] + [PLANTED])
+    texts = [t for t, _ in rows] + [PLANTED]
+    embedder = memory.vector.shared_embedder()
+    return rows, PrecomputedEmbedder(embedder, texts, embedder(texts))
 
 
-def test_ten_thousand_findings_query_fast_and_the_planted_one_ranks_top_3(
-        tmp_path, memory_backend, namespace, corpus_embedder, record_property):
+def test_ten_thousand_findings_the_planted_one_ranks_top_3_for_paraphrased_queries(
+        tmp_path, memory_backend, namespace, corpus_embedder):
+    """Retrieval quality at scale. Latency is measured by `python -m evals.memory_retrieval`,
+    not asserted here (timings on a shared machine are not test material)."""
     rows, embedder = corpus_embedder
     with Memory.open(tmp_path / "ws", writer=True, chroma_url=memory_backend, namespace=namespace,
                      embedder=embedder) as m:
-        records = rows + [(PLANTED, {"model_id": "organism-planted", "task": "trigger",
-                                     "components": ["mlp.2"], "verdict": "supported", "run_id": "planted"})]
-        random.Random(1).shuffle(records)
-        ids = m.vectors.add("findings", [t for t, _ in records], [md for _, md in records])
-        planted_id = ids[[t for t, _ in records].index(PLANTED)]
+        ids = fill_memory(m.vectors, rows)
+        planted_id = ids[-1]
         assert m.vectors.count("findings") == 10_000
-        ranks = []
-        for query in PARAPHRASES:
-            top = [h.id for h in m.vectors.search(query, k=3)]
-            ranks.append(top.index(planted_id) + 1 if planted_id in top else None)
-        assert all(ranks), f"planted finding missed the top 3 for: {[q for q, r in zip(PARAPHRASES, ranks) if not r]}"
-        latencies = []
-        for i in range(60):
-            query = f"{PARAPHRASES[i % 10]} ({i})"  # new text each time: nothing is cached
-            start = time.perf_counter()
-            m.vectors.search(query, k=10)
-            latencies.append(time.perf_counter() - start)
-        median_ms = statistics.median(latencies[10:]) * 1000
-        filtered = []
-        for i in range(30):
-            start = time.perf_counter()
-            m.vectors.search(f"{PARAPHRASES[i % 10]} [{i}]", model_id="gemma-3-270m", k=10)
-            filtered.append(time.perf_counter() - start)
-    record_property("median_query_ms", round(median_ms, 2))
-    print(f"\n[{memory_backend or 'embedded'}] 10,000 findings: median search latency {median_ms:.1f} ms "
-          f"(model filter: {statistics.median(filtered) * 1000:.1f} ms); planted ranks {ranks}")
-    assert median_ms <= 50
+        ranks = planted_ranks(m.vectors, planted_id)
+        assert all(r is not None and r <= 3 for r in ranks), f"planted finding ranks per query: {ranks}"
+        hits = m.vectors.search(PARAPHRASES[0], model_id="gemma-3-270m", k=10)
+        assert len(hits) == 10 and {h.metadata["model_id"] for h in hits} == {"gemma-3-270m"}
+    print(f"\n[{memory_backend or 'embedded'}] planted ranks {ranks}")
 
 
 # ---- crash safety -------------------------------------------------------------------------------
