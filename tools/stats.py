@@ -1,0 +1,281 @@
+"""Statistics the critic uses to turn per-prompt effects into verdicts on claims.
+
+A claim about a component predicts a bound on an effect ("ablating head 9.9 lowers the logit
+difference by at least 0.5"). The critic bootstraps a confidence interval of the effect over
+prompts (`bootstrap_ci`, `paired_bootstrap_ci`), tests it against the bound
+(`bootstrap_pvalue`), corrects for testing many claims at once (`holm`) and reads the verdict
+off the interval (`decide`). `random_component_sets` draws the equal-size random controls a
+claim is compared against.
+
+Everything is seeded and deterministic: the same inputs and seed give the same numbers, so a
+verdict can be re-derived from what the memory stores.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from numbers import Integral
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from tools.errors import UserInputError
+
+Statistic = Literal["mean", "median"]
+Alternative = Literal["greater", "less"]
+Verdict = Literal["supported", "refuted", "inconclusive"]
+
+_STATISTICS: dict[str, Callable[..., np.ndarray]] = {"mean": np.mean, "median": np.median}
+_MAX_DRAWS_PER_CHUNK = 1 << 22
+"""Resampled values held in memory at once (32 MiB of indices), whatever the sample size."""
+
+
+class Interval(BaseModel):
+    """A point estimate with a two-sided confidence interval, over a sample of ``n`` values."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    estimate: float
+    """The statistic of the observed sample."""
+    low: float
+    high: float
+    n: int
+    """Sample size (number of prompts, or of pairs)."""
+    confidence: float
+    """Nominal coverage, e.g. 0.95."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Interval:
+        if not self.low <= self.high:
+            raise ValueError(f"interval low {self.low} is above high {self.high}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence {self.confidence} is not strictly between 0 and 1")
+        return self
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    statistic: Statistic = "mean",
+) -> Interval:
+    """Percentile bootstrap CI of the mean (or median) of a 1-D sample.
+
+    Resamples the values with replacement ``n_resamples`` times and takes the
+    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the resampled statistic
+    (the same method as ``scipy.stats.bootstrap(method="percentile")``). The estimate is the
+    statistic of the sample itself.
+    """
+    x = _sample(values, "values")
+    stat = _statistic(statistic)
+    _check_confidence(confidence)
+    rng = np.random.default_rng(seed)
+    draws = _resampled(x, stat, _check_resamples(n_resamples), rng)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(draws, [tail, 1.0 - tail])
+    return Interval(estimate=float(stat(x)), low=float(low), high=float(high), n=x.size,
+                    confidence=confidence)
+
+
+def paired_bootstrap_ci(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    statistic: Statistic = "mean",
+) -> Interval:
+    """Bootstrap CI of the mean (or median) of ``a - b`` for paired samples.
+
+    Pairs are resampled together (the differences are bootstrapped), so the prompt-to-prompt
+    variation shared by ``a`` and ``b`` cancels, as in a clean vs. ablated comparison.
+    """
+    xa, xb = _sample(a, "a"), _sample(b, "b")
+    if xa.size != xb.size:
+        raise UserInputError(
+            f"paired samples differ in length (a has {xa.size}, b has {xb.size}); "
+            "pass one value per prompt in both"
+        )
+    return bootstrap_ci(xa - xb, n_resamples=n_resamples, confidence=confidence, seed=seed,
+                        statistic=statistic)
+
+
+def bootstrap_pvalue(
+    values: Sequence[float] | np.ndarray,
+    *,
+    threshold: float = 0.0,
+    alternative: Alternative = "greater",
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> float:
+    """One-sided bootstrap p-value for the mean of a sample against ``threshold``.
+
+    ``alternative="greater"`` tests H0: mean <= threshold; ``"less"`` tests H0: mean >= threshold.
+
+    Method (shifted bootstrap): shift the sample by ``threshold - mean`` so that it obeys H0 at
+    its boundary (its mean equals the threshold) while keeping its spread and shape, resample
+    it with replacement ``n_resamples`` times, and count the resampled means at least as
+    extreme as the observed mean::
+
+        p = (1 + #{resampled mean >= observed mean}) / (1 + n_resamples)    # "greater"
+        p = (1 + #{resampled mean <= observed mean}) / (1 + n_resamples)    # "less"
+
+    The ``+1`` counts the observed sample as one of the resamples, so ``p`` is never 0 and its
+    smallest value is ``1 / (1 + n_resamples)``.
+    """
+    x = _sample(values, "values")
+    if alternative not in ("greater", "less"):
+        raise UserInputError(f"unknown alternative {alternative!r}; use 'greater' or 'less'")
+    if not math.isfinite(threshold):
+        raise UserInputError(f"threshold {threshold} is not a finite number")
+    rng = np.random.default_rng(seed)
+    observed = float(np.mean(x))
+    # Resampling x - mean and comparing with observed - threshold is the shifted bootstrap,
+    # written so that no rounding error is added by the shift.
+    null_draws = _resampled(x - observed, np.mean, _check_resamples(n_resamples), rng)
+    excess = observed - threshold
+    extreme = null_draws >= excess if alternative == "greater" else null_draws <= excess
+    return float((1 + np.count_nonzero(extreme)) / (1 + null_draws.size))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the input order.
+
+    With the ``m`` p-values sorted ascending, the ``i``-th (1-based) is adjusted to
+    ``max over j <= i of min(1, (m - j + 1) * p_(j))``; rejecting every hypothesis whose
+    adjusted p-value is ``<= alpha`` controls the family-wise error rate at ``alpha``.
+    """
+    p = np.asarray(pvalues, dtype=float).reshape(-1)
+    bad = [float(v) for v in p if not 0.0 <= v <= 1.0]  # NaN fails the comparison too
+    if bad:
+        raise UserInputError(f"p-values must lie in [0, 1]; got {bad[:5]}; check what produced them")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(stepped)
+    return [float(v) for v in adjusted]
+
+
+def decide(
+    interval: Interval,
+    *,
+    predicted_at_least: float | None = None,
+    predicted_at_most: float | None = None,
+    adjusted_p: float | None = None,
+    alpha: float = 0.05,
+) -> Verdict:
+    """Verdict on a claim that predicts the effect is at least (or at most) a bound.
+
+    ``supported``: the whole CI lies strictly on the predicted side of the bound (and
+    ``adjusted_p``, when given, is below ``alpha``). ``refuted``: the whole CI lies strictly on
+    the other side. Otherwise ``inconclusive``. The bound itself belongs to neither side, so a
+    CI touching it is inconclusive: an effect of exactly zero never supports "at least 0".
+    """
+    if (predicted_at_least is None) == (predicted_at_most is None):
+        raise UserInputError("give exactly one of predicted_at_least and predicted_at_most")
+    if not 0.0 < alpha < 1.0:
+        raise UserInputError(f"alpha {alpha} is not strictly between 0 and 1")
+    if adjusted_p is not None and not 0.0 <= adjusted_p <= 1.0:
+        raise UserInputError(f"adjusted_p {adjusted_p} is not in [0, 1]")
+    if predicted_at_least is not None:
+        on_side, other_side = interval.low > predicted_at_least, interval.high < predicted_at_least
+    else:
+        on_side, other_side = interval.high < predicted_at_most, interval.low > predicted_at_most
+    if on_side and (adjusted_p is None or adjusted_p < alpha):
+        return "supported"
+    if other_side:
+        return "refuted"
+    return "inconclusive"
+
+
+def random_component_sets(
+    components: Sequence[str],
+    size: int,
+    k: int,
+    *,
+    exclude: Sequence[str] = (),
+    seed: int = 0,
+) -> list[tuple[str, ...]]:
+    """``k`` distinct random sets of ``size`` components, drawn from ``components`` minus
+    ``exclude``.
+
+    The controls for a claimed circuit: random components of the same size, none of them in
+    the circuit. Repeated names in ``components`` count once. Each set is a sorted tuple and
+    the list is sorted; the same inputs and seed give the same sets. When fewer than ``k``
+    distinct sets exist, all of them are returned.
+    """
+    if size < 1 or k < 1:
+        raise UserInputError(f"size ({size}) and k ({k}) must both be at least 1")
+    pool = sorted(set(components) - set(exclude))
+    if size > len(pool):
+        raise UserInputError(
+            f"cannot draw sets of {size} from {len(pool)} components left after exclusion; "
+            "use a smaller size or more components"
+        )
+    rng = np.random.default_rng(seed)
+    total = math.comb(len(pool), size)
+    if total < 2 * k:
+        # Few sets exist: enumerate them and pick k (or all) without replacement.
+        every = list(combinations(pool, size))
+        chosen = rng.choice(total, size=min(k, total), replace=False)
+        return sorted(every[i] for i in chosen)
+    # Many sets exist: draw until k distinct; each draw is new with probability > 1/2.
+    found: set[tuple[str, ...]] = set()
+    while len(found) < k:
+        picks = np.sort(rng.choice(len(pool), size=size, replace=False))
+        found.add(tuple(pool[i] for i in picks))
+    return sorted(found)
+
+
+def _sample(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    """``values`` as a finite 1-D float array of at least two entries."""
+    try:
+        x = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise UserInputError(f"{name} must be a 1-D sequence of numbers ({exc})") from None
+    if x.ndim != 1:
+        raise UserInputError(f"{name} must be 1-D; got shape {x.shape}")
+    if x.size < 2:
+        raise UserInputError(f"{name} has {x.size} value(s); a bootstrap needs at least 2")
+    n_nan = int(np.isnan(x).sum())
+    if n_nan:
+        raise UserInputError(f"{name} has {n_nan} NaN value(s) of {x.size}; drop or fix them first")
+    n_inf = int(np.isinf(x).sum())
+    if n_inf:
+        raise UserInputError(f"{name} has {n_inf} infinite value(s) of {x.size}; drop or fix them first")
+    return x
+
+
+def _statistic(statistic: str) -> Callable[..., np.ndarray]:
+    if statistic not in _STATISTICS:
+        raise UserInputError(f"unknown statistic {statistic!r}; use 'mean' or 'median'")
+    return _STATISTICS[statistic]
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise UserInputError(f"confidence {confidence} is not strictly between 0 and 1 (e.g. 0.95)")
+
+
+def _check_resamples(n_resamples: int) -> int:
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, Integral) or n_resamples < 1:
+        raise UserInputError(f"n_resamples must be a positive integer; got {n_resamples!r}")
+    return int(n_resamples)
+
+
+def _resampled(x: np.ndarray, stat: Callable[..., np.ndarray], n_resamples: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """``stat`` of ``n_resamples`` with-replacement resamples of ``x``, drawn in bounded chunks."""
+    rows = max(1, _MAX_DRAWS_PER_CHUNK // x.size)
+    out = np.empty(n_resamples)
+    for start in range(0, n_resamples, rows):
+        stop = min(start + rows, n_resamples)
+        idx = rng.integers(0, x.size, size=(stop - start, x.size))
+        out[start:stop] = stat(x[idx], axis=1)
+    return out
