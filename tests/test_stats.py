@@ -334,3 +334,31 @@ def test_random_sets_reject_impossible_requests(size, k, exclude):
 def test_bad_samples_raise_user_input_error(call, match):
     with pytest.raises(UserInputError, match=match):
         call()
+
+
+def test_ratio_bootstrap_ci_covers_the_true_ratio_and_reflects_the_denominator():
+    from tools.stats import ratio_bootstrap_ci
+
+    rng = np.random.default_rng(3)
+    hits = 0
+    for trial in range(100):
+        den = rng.normal(2.0, 1.0, size=40)
+        num = 0.5 * den + rng.normal(0.0, 0.3, size=40)  # true ratio of means: 0.5
+        ci = ratio_bootstrap_ci(num, den, seed=trial, n_resamples=1000)
+        assert ci.low <= ci.estimate <= ci.high
+        hits += ci.low <= 0.5 <= ci.high
+    assert 85 <= hits <= 100
+    # a noisier denominator widens the interval, with the numerator fixed in expectation
+    num = rng.normal(1.0, 0.2, size=50)
+    steady = ratio_bootstrap_ci(num, np.full(50, 2.0) + rng.normal(0, 0.01, 50), seed=0)
+    noisy = ratio_bootstrap_ci(num, np.full(50, 2.0) + rng.normal(0, 1.5, 50), seed=0)
+    assert noisy.high - noisy.low > 2 * (steady.high - steady.low)
+
+
+def test_ratio_bootstrap_ci_rejects_undefined_ratios():
+    from tools.stats import ratio_bootstrap_ci
+
+    with pytest.raises(UserInputError, match="denominator's mean is zero"):
+        ratio_bootstrap_ci([1.0, 2.0, 3.0], [1.0, -1.0, 0.0])
+    with pytest.raises(UserInputError, match="one of each per item"):
+        ratio_bootstrap_ci([1.0, 2.0], [1.0, 2.0, 3.0])

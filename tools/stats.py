@@ -105,6 +105,45 @@ def paired_bootstrap_ci(
                         statistic=statistic)
 
 
+def ratio_bootstrap_ci(
+    numerator: Sequence[float] | np.ndarray,
+    denominator: Sequence[float] | np.ndarray,
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Percentile bootstrap CI of ``mean(numerator) / mean(denominator)`` over paired items.
+
+    The ablation and patching scores are ratios of means over prompts (e.g. necessity =
+    mean(clean − ablated) / mean(clean − everything-ablated)); resampling prompts and
+    recomputing both means keeps the denominator's uncertainty in the interval, which a
+    bootstrap of per-prompt values divided by a fixed denominator would hide. A resample whose
+    denominator mean is zero is dropped; if more than 1% are, the ratio is too unstable to
+    report and `UserInputError` says so.
+    """
+    num, den = _sample(numerator, "numerator"), _sample(denominator, "denominator")
+    if num.size != den.size:
+        raise UserInputError(f"numerator has {num.size} values but denominator has {den.size}; "
+                             "pass one of each per item")
+    _check_confidence(confidence)
+    if den.mean() == 0.0:
+        raise UserInputError("the denominator's mean is zero; the ratio is undefined")
+    n_resamples = _check_resamples(n_resamples)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, num.size, size=(n_resamples, num.size))
+    den_means = den[idx].mean(axis=1)
+    ok = den_means != 0.0
+    if (~ok).mean() > 0.01:
+        raise UserInputError(f"the denominator's mean is zero in {(~ok).sum()} of {n_resamples} "
+                             "resamples; the ratio is too unstable for a confidence interval")
+    ratios = num[idx[ok]].mean(axis=1) / den_means[ok]
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(ratios, [tail, 1.0 - tail])
+    return Interval(estimate=float(num.mean() / den.mean()), low=float(low), high=float(high),
+                    n=num.size, confidence=confidence)
+
+
 def bootstrap_pvalue(
     values: Sequence[float] | np.ndarray,
     *,

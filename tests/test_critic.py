@@ -1,0 +1,75 @@
+"""The critic's claim test on the planted organism, whose trigger mechanism is known: mlp.2."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.critic import SetClaim, examine_claim, holm_adjust, verdict_for
+from memory.runstore import RunStore
+from memory.workspace import Workspace
+from tools.errors import UserInputError
+from tools.experiments.prompts import PromptPairs
+from tools.loading import load_model
+from tools.tasks.declared import declared_tasks
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return load_model("organism-planted")
+
+
+def _trigger_prompts(model, n: int, seed: int) -> PromptPairs:
+    from pathlib import Path
+
+    task = declared_tasks(Path(model.source))["trigger"]
+    items = task.generate(n, split="heldout", seed=seed, tokenizer=model.tokenizer)
+    return PromptPairs(clean=[i.clean for i in items], corrupted=[i.corrupted for i in items],
+                       answer=[i.answer for i in items], foil=[i.foil for i in items])
+
+
+@pytest.fixture
+def run(tmp_path):
+    with Workspace.open(tmp_path / "ws", writer=True) as ws:
+        yield RunStore(ws).create("why does the trigger produce banana?", "organism-planted")
+
+
+def test_the_planted_component_is_supported_and_a_wrong_one_is_refuted(planted, run):
+    fresh = _trigger_prompts(planted, 40, seed=101)  # never used to find anything
+    claims = [SetClaim(id="c1", components=("mlp.2",), kind="necessity", threshold=0.5),
+              SetClaim(id="c2", components=("head.3.1",), kind="necessity", threshold=0.5),
+              SetClaim(id="c3", components=("mlp.2",), kind="faithfulness", threshold=0.99)]
+    tests = holm_adjust([examine_claim(run, planted, c, fresh, seed=1) for c in claims])
+    verdicts = {t.claim.id: verdict_for(t) for t in tests}
+    supported, wrong, overclaimed = tests
+    assert verdicts["c1"] == "supported", supported
+    assert supported.replication.low > 0.5 and supported.second_ablation.low > 0.5 and supported.beats_controls
+    assert verdicts["c2"] == "refuted", wrong
+    assert verdicts["c3"] != "supported", overclaimed  # mlp.2 alone does not keep everything
+    assert all(t.adjusted_p >= t.p_value for t in tests)
+    assert len(supported.evidence) == 5 and supported.n == 40
+    assert set(supported.evidence) <= set(run.experiment_keys())
+
+
+def test_re_examining_a_claim_pays_nothing_twice(planted, run):
+    fresh = _trigger_prompts(planted, 12, seed=202)
+    claim = SetClaim(id="c1", components=("mlp.2",), kind="necessity", threshold=0.5)
+    first = examine_claim(run, planted, claim, fresh, seed=3, n_resamples=500)
+    misses = run.record.cost.cache_misses
+    again = examine_claim(run, planted, claim, fresh, seed=3, n_resamples=500)
+    assert run.record.cost.cache_misses == misses == 5
+    assert run.record.cost.cache_hits == 5
+    assert again == first
+
+
+def test_claims_that_cannot_be_examined_say_why(planted, run):
+    fresh = _trigger_prompts(planted, 4, seed=303)
+    with pytest.raises(UserInputError, match="names no components"):
+        examine_claim(run, planted, SetClaim(id="e", components=(), kind="necessity", threshold=0.5), fresh)
+    no_corrupted = fresh.model_copy(update={"corrupted": ()})
+    with pytest.raises(UserInputError, match="needs corrupted prompts"):
+        examine_claim(run, planted, SetClaim(id="e", components=("mlp.2",), kind="necessity", threshold=0.5),
+                      no_corrupted)
+    unadjusted = examine_claim(run, planted, SetClaim(id="u", components=("mlp.2",), kind="necessity",
+                                                       threshold=0.5), fresh, n_resamples=200)
+    with pytest.raises(UserInputError, match="holm_adjust"):
+        verdict_for(unadjusted)
