@@ -31,14 +31,13 @@ from pydantic import BaseModel, ConfigDict
 from tools.errors import UserInputError
 from tools.experiments.ablation import AblationResult, AblationSpec
 from tools.experiments.prompts import PromptPairs
-from tools.stats import Interval, bootstrap_pvalue, holm, random_component_sets, ratio_bootstrap_ci
+from tools.stats import Interval, Verdict, bootstrap_pvalue, holm, random_component_sets, ratio_bootstrap_ci
 
 if TYPE_CHECKING:
     from memory.runstore import Run
     from tools.loading import LoadedModel
 
 ClaimKind = Literal["necessity", "faithfulness"]
-Verdict = Literal["supported", "refuted", "inconclusive"]
 
 
 class SetClaim(BaseModel):
