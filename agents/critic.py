@@ -50,6 +50,9 @@ class SetClaim(BaseModel):
     kind: ClaimKind
     threshold: float
     """The pre-registered prediction: the score is at least this (a fraction of the behaviour)."""
+    universe: tuple[Literal["head", "mlp"], ...] = ("head", "mlp")
+    """What takes part in the ablations (`AblationSpec.universe`): ``("head",)`` keeps every MLP
+    intact, the usual convention for attention circuits such as IOI. Controls are drawn from it."""
 
 
 class ClaimTest(BaseModel):
@@ -88,14 +91,18 @@ def examine_claim(run: "Run", model: "LoadedModel", claim: SetClaim, prompts: Pr
     mode = "ablate" if claim.kind == "necessity" else "keep"
 
     def measure(components: Sequence[str], method: str) -> AblationResult:
-        spec = AblationSpec(prompts=prompts, components=tuple(components), method=method, mode=mode)
+        spec = AblationSpec(prompts=prompts, components=tuple(components), method=method, mode=mode,
+                            universe=claim.universe)
         return run.experiment(model, spec)
 
     main = measure(claim.components, "mean")
     second = measure(claim.components, "resample")
     adapter = model.adapter
-    pool = [f"head.{layer}.{head}" for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
-    pool += [f"mlp.{layer}" for layer in range(adapter.n_layers)]
+    pool = []
+    if "head" in claim.universe:
+        pool += [f"head.{layer}.{head}" for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
+    if "mlp" in claim.universe:
+        pool += [f"mlp.{layer}" for layer in range(adapter.n_layers)]
     expanded = set(_expand(claim.components, adapter.n_heads))
     sets = random_component_sets(pool, len(expanded), n_controls, exclude=sorted(expanded), seed=seed)
     controls = [measure(s, "mean") for s in sets]

@@ -73,3 +73,16 @@ def test_claims_that_cannot_be_examined_say_why(planted, run):
                                                        threshold=0.5), fresh, n_resamples=200)
     with pytest.raises(UserInputError, match="holm_adjust"):
         verdict_for(unadjusted)
+
+
+def test_a_heads_only_claim_ablates_and_controls_heads_only(run):
+    """IOI on the default organism with MLPs kept: controls are heads, never MLPs."""
+    model = load_model("organism-default")
+    fresh = PromptPairs(task="ioi", n=16, seed=404)
+    claim = SetClaim(id="h", components=("head.1.2", "head.3.0", "head.0.3"), kind="faithfulness",
+                     threshold=0.5, universe=("head",))
+    test = examine_claim(run, model, claim, fresh, n_resamples=300)
+    for key in test.evidence:
+        spec = run.load_experiment(key).spec
+        assert spec.universe == ("head",) and all(c.startswith("head.") for c in spec.components)
+    assert len(test.controls) == 3
