@@ -1,0 +1,73 @@
+"""Ranking components and growing a faithful circuit, on the default organism's IOI behaviour."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.localize import component_effects, grow_circuit, rank_components
+from memory.runstore import RunStore
+from memory.workspace import Workspace
+from tools.errors import UserInputError
+from tools.experiments import AblationSpec, PromptPairs
+from tools.loading import load_model
+
+PROMPTS = PromptPairs(task="ioi", n=48, seed=0, split="train")
+
+
+@pytest.fixture(scope="module")
+def organism():
+    return load_model("organism-default")
+
+
+@pytest.fixture
+def run(tmp_path):
+    with Workspace.open(tmp_path / "ws", writer=True) as ws:
+        yield RunStore(ws).create("ioi", "organism-default")
+
+
+def test_exact_and_attribution_rankings_agree_on_the_top_components(organism, run):
+    exact = rank_components(run, organism, PROMPTS)
+    estimate = rank_components(run, organism, PROMPTS, exact_budget=0, confirm_top=6)
+    n = organism.adapter.n_layers
+    assert exact.method == "activation_patching" and len(exact.effects) == n * organism.adapter.n_heads + n
+    assert estimate.method == "attribution_patching" and len(estimate.confirmed) == 6
+    assert [abs(e) for _, e in exact.effects] == sorted((abs(e) for _, e in exact.effects), reverse=True)
+    # the confirmed effects are activation patching of those components alone: equal to the sweep's
+    exact_effects = dict(exact.effects)
+    for component, effect in estimate.confirmed:
+        assert effect == pytest.approx(exact_effects[component], abs=1e-4)
+    # attribution's top 4 are among activation patching's top 6 (first-order estimates, same scale)
+    assert set(estimate.order[:4]) <= set(exact.order[:6])
+
+
+def test_the_grown_circuit_is_the_smallest_prefix_reaching_the_target(organism, run):
+    heads = [c for c in rank_components(run, organism, PROMPTS, universe=("head",)).order]
+    assert all(c.startswith("head.") for c in heads)
+    found = grow_circuit(run, organism, PROMPTS, heads, target=0.8, universe=("head",))
+    assert found.reached and found.faithfulness >= 0.8
+    sizes = [size for size, _ in found.tried]
+    assert sizes == list(range(1, len(found.components) + 1))
+    assert all(f < 0.8 for _, f in found.tried[:-1])
+    # recompute the reported faithfulness independently through the registry
+    check = run.experiment(organism, AblationSpec(prompts=PROMPTS, components=found.components, mode="keep",
+                                                  method="resample", universe=("head",)))
+    assert check.faithfulness == pytest.approx(found.faithfulness)
+    assert found.evidence[-1] == check.key
+
+
+def test_a_target_never_reached_returns_the_best_prefix(organism, run):
+    order = ["head.2.0", "head.2.2", "head.2.3"]  # small effects on IOI
+    found = grow_circuit(run, organism, PROMPTS, order, target=0.99, universe=("head",), method="mean")
+    assert not found.reached and len(found.tried) == 3
+    assert found.faithfulness == max(f for _, f in found.tried)
+    with pytest.raises(UserInputError, match="no components"):
+        grow_circuit(run, organism, PROMPTS, [])
+
+
+def test_effects_need_a_component_sweep(organism, run):
+    from tools.experiments import ActivationPatchingSpec, PatchSweep
+
+    result = run.experiment(organism, ActivationPatchingSpec(prompts=PROMPTS,
+                                                             sweeps=(PatchSweep(site="resid_pre"),)))
+    with pytest.raises(UserInputError, match="no head or mlp sweep"):
+        component_effects(result)
