@@ -5,18 +5,21 @@ removes at least ``threshold`` of the behaviour* (necessity) or *the set alone k
 ``threshold`` of it* (faithfulness). The critic does not read the claim's text; it measures,
 on prompts never used to find the set (a fresh seed of the task generator):
 
-1. **replication** — the claimed score with mean ablation, and a bootstrap 95% CI over prompts
-   (`tools.stats.ratio_bootstrap_ci`: scores are ratios of means);
-2. **a second ablation type** — the same score with resample ablation (values from the paired
-   corrupted prompts), so the finding does not hang on one choice of "removed";
-3. **a control** — ``n_controls`` random sets of the same size drawn from the other heads and
-   MLPs; the claimed set must beat every one of them;
+1. **replication** — the claimed score with the claim's own ablation (``method``: the one the
+   set was found with), and a bootstrap 95% CI over prompts (`tools.stats.ratio_bootstrap_ci`:
+   scores are ratios of means);
+2. **a second ablation type** — the same score with the other of mean and resample ablation,
+   so the finding does not hang on one choice of "removed";
+3. **a control** — ``n_controls`` random sets of the same size drawn from the other components
+   of the universe, with the claim's ablation; the claimed set must beat every one of them;
 4. **a p-value** — one-sided shifted bootstrap of the per-prompt score against the threshold;
    `holm_adjust` corrects the p-values of all claims of a run together.
 
 Verdict (`verdict_for`): **supported** when both ablation types put their whole CI above the
 threshold, the set beats every control, and the Holm-adjusted p-value is below alpha;
-**refuted** when the replication CI lies wholly below the threshold; **inconclusive** otherwise.
+**refuted** when the replication CI lies wholly below the threshold; **inconclusive** otherwise
+(for instance a circuit faithful under resample ablation but not under mean ablation: the
+report shows both numbers).
 Every experiment goes through ``run.experiment`` (the workspace's cache), so re-testing a claim
 after a crash pays nothing twice.
 """
@@ -50,6 +53,8 @@ class SetClaim(BaseModel):
     kind: ClaimKind
     threshold: float
     """The pre-registered prediction: the score is at least this (a fraction of the behaviour)."""
+    method: Literal["mean", "resample"] = "mean"
+    """The ablation the set was found with; the critic replicates with it and checks the other."""
     universe: tuple[Literal["head", "mlp"], ...] = ("head", "mlp")
     """What takes part in the ablations (`AblationSpec.universe`): ``("head",)`` keeps every MLP
     intact, the usual convention for attention circuits such as IOI. Controls are drawn from it."""
@@ -62,11 +67,11 @@ class ClaimTest(BaseModel):
 
     claim: SetClaim
     replication: Interval
-    """The claimed score on fresh prompts, mean ablation."""
+    """The claimed score on fresh prompts, with the claim's ablation."""
     second_ablation: Interval
-    """The same score with resample ablation."""
+    """The same score with the other ablation (resample for mean, mean for resample)."""
     controls: tuple[float, ...]
-    """The score of each random set of equal size (mean ablation, same prompts)."""
+    """The score of each random set of equal size (the claim's ablation, same prompts)."""
     p_value: float
     adjusted_p: float | None = None
     """Holm-adjusted across the run's claims (`holm_adjust`); None until adjusted."""
@@ -95,8 +100,9 @@ def examine_claim(run: "Run", model: "LoadedModel", claim: SetClaim, prompts: Pr
                             universe=claim.universe)
         return run.experiment(model, spec)
 
-    main = measure(claim.components, "mean")
-    second = measure(claim.components, "resample")
+    other = "resample" if claim.method == "mean" else "mean"
+    main = measure(claim.components, claim.method)
+    second = measure(claim.components, other)
     adapter = model.adapter
     pool = []
     if "head" in claim.universe:
@@ -105,7 +111,7 @@ def examine_claim(run: "Run", model: "LoadedModel", claim: SetClaim, prompts: Pr
         pool += [f"mlp.{layer}" for layer in range(adapter.n_layers)]
     expanded = set(_expand(claim.components, adapter.n_heads))
     sets = random_component_sets(pool, len(expanded), n_controls, exclude=sorted(expanded), seed=seed)
-    controls = [measure(s, "mean") for s in sets]
+    controls = [measure(s, claim.method) for s in sets]
     numerator, denominator = _score_terms(main, claim.kind)
     replication = ratio_bootstrap_ci(numerator, denominator, seed=seed, n_resamples=n_resamples)
     second_interval = ratio_bootstrap_ci(*_score_terms(second, claim.kind), seed=seed, n_resamples=n_resamples)

@@ -75,14 +75,18 @@ def test_claims_that_cannot_be_examined_say_why(planted, run):
         verdict_for(unadjusted)
 
 
-def test_a_heads_only_claim_ablates_and_controls_heads_only(run):
-    """IOI on the default organism with MLPs kept: controls are heads, never MLPs."""
+def test_a_circuit_faithful_under_one_ablation_only_is_inconclusive_not_supported(run):
+    """IOI on the default organism, MLPs kept: three heads keep the logit difference under
+    resample ablation but not under mean ablation, so the critic reports both, not a success."""
     model = load_model("organism-default")
-    fresh = PromptPairs(task="ioi", n=16, seed=404)
+    fresh = PromptPairs(task="ioi", n=48, seed=404)
     claim = SetClaim(id="h", components=("head.1.2", "head.3.0", "head.0.3"), kind="faithfulness",
-                     threshold=0.5, universe=("head",))
-    test = examine_claim(run, model, claim, fresh, n_resamples=300)
+                     threshold=0.8, method="resample", universe=("head",))
+    (test,) = holm_adjust([examine_claim(run, model, claim, fresh, n_resamples=500)])
+    assert test.replication.low > 0.8 and test.second_ablation.high < 0.8
+    assert verdict_for(test) == "inconclusive"
+    methods = [run.load_experiment(key).spec.method for key in test.evidence]
+    assert methods == ["resample", "mean", "resample", "resample", "resample"]
     for key in test.evidence:
         spec = run.load_experiment(key).spec
         assert spec.universe == ("head",) and all(c.startswith("head.") for c in spec.components)
-    assert len(test.controls) == 3
