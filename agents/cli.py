@@ -138,6 +138,35 @@ def _cmd_memory_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_summary(out: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(out, indent=1))
+        return
+    print(f"run {out['run_id']}: {out['status']}")
+    print(f"answer: {out['answer']}")
+    for c in out["claims"]:
+        low, high = c["ci"]
+        print(f"  [{c['verdict']}] {c['statement']}  (measured {c['effect']:.3f}, 95% CI {low:.3f}-{high:.3f}, n={c['n']})")
+    cost = out["cost"]
+    print(f"cost: {cost['experiments']} experiments, {cost['wall_s']:.1f} s; report: {out['report']['md']}")
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from agents.investigate import ask
+
+    out = ask(args.question, model=args.model, spec_file=args.spec, workspace=args.workspace,
+              chroma_url=args.chroma_url, seed=args.seed, n=args.n, max_experiments=args.max_experiments)
+    _print_summary(out, args.json)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from agents.investigate import resume
+
+    _print_summary(resume(args.run_id, workspace=args.workspace, chroma_url=args.chroma_url), args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sleuth", description="circuitsleuth: an autonomous interpretability lab")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -171,6 +200,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workspace", default=None, help=workspace_help)
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(func=_cmd_runs)
+
+    a = sub.add_parser("ask", help="investigate why a model does something (heuristic brain, offline)")
+    a.add_argument("question", metavar="QUESTION", nargs="?", default="",
+                   help='e.g. \'Why does the model complete "When Mary and John went to the store, John gave a '
+                   'drink to" with "Mary"?\' or "indirect object identification"')
+    a.add_argument("--model", default=DEFAULT_MODEL, help="model folder, hub id, gemma-3-270m (default), organism-default")
+    a.add_argument("--spec", default=None, metavar="FILE", help="a YAML/JSON behaviour spec instead of a question")
+    a.add_argument("--seed", type=int, default=0, help="prompt-generator seed (default 0)")
+    a.add_argument("--n", type=int, default=64, help="prompts generated for a named behaviour (default 64)")
+    a.add_argument("--max-experiments", type=int, default=None, help="stop after this many experiments")
+    a.add_argument("--workspace", default=None, help=workspace_help)
+    a.add_argument("--chroma-url", default=None, help="a chroma server for the vector memory (default: embedded)")
+    a.add_argument("--json", action="store_true", help="end with one JSON object")
+    a.set_defaults(func=_cmd_ask)
+
+    rs = sub.add_parser("resume", help="continue a killed or interrupted run from its last checkpoint")
+    rs.add_argument("run_id", metavar="RUN_ID")
+    rs.add_argument("--workspace", default=None, help=workspace_help)
+    rs.add_argument("--chroma-url", default=None, help="a chroma server for the vector memory (default: embedded)")
+    rs.add_argument("--json", action="store_true", help="end with one JSON object")
+    rs.set_defaults(func=_cmd_resume)
 
     m = sub.add_parser("memory", help="query the vector memory of findings")
     msub = m.add_subparsers(dest="memory_command", required=True)

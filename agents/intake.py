@@ -100,8 +100,8 @@ def intake(question: str, *, tokenizer, n: int = 64, seed: int = 0,
                              "about one at a time")
     elif named:
         spec = BehaviorSpec(question=question, task=named[0], n=n, seed=seed, notes=(
-            f"named behaviour {named[0]!r}: {n} generated held-out prompts (seed {seed}); the "
-            "task generator makes the corrupted prompts and foils",))
+            f"named behaviour {named[0]!r}: {n} prompts from the task generator (seed {seed}), which "
+            "also makes the corrupted prompts and foils",))
     else:
         raise UserInputError(f"the question quotes no prompt and names no known behaviour; "
                              f"{ACCEPTED_FORMS}")
