@@ -155,7 +155,8 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     from agents.investigate import ask
 
     out = ask(args.question, model=args.model, spec_file=args.spec, workspace=args.workspace,
-              chroma_url=args.chroma_url, seed=args.seed, n=args.n, max_experiments=args.max_experiments)
+              chroma_url=args.chroma_url, seed=args.seed, n=args.n, max_experiments=args.max_experiments,
+              max_time=args.max_time)
     _print_summary(out, args.json)
     return 0
 
@@ -164,6 +165,15 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from agents.investigate import resume
 
     _print_summary(resume(args.run_id, workspace=args.workspace, chroma_url=args.chroma_url), args.json)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from agents.investigate import report_text
+
+    if args.format != "md":
+        raise UserInputError("only --format md exists so far (the HTML report comes with the reports issue)")
+    print(report_text(args.run_id, workspace=args.workspace), end="")
     return 0
 
 
@@ -210,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0, help="prompt-generator seed (default 0)")
     a.add_argument("--n", type=int, default=64, help="prompts generated for a named behaviour (default 64)")
     a.add_argument("--max-experiments", type=int, default=None, help="stop after this many experiments")
+    a.add_argument("--max-time", default=None, metavar="DURATION",
+                   help="stop planning after this much wall time (8h, 1h30m, 90s); the report says what is left")
     a.add_argument("--workspace", default=None, help=workspace_help)
     a.add_argument("--chroma-url", default=None, help="a chroma server for the vector memory (default: embedded)")
     a.add_argument("--json", action="store_true", help="end with one JSON object")
@@ -221,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--chroma-url", default=None, help="a chroma server for the vector memory (default: embedded)")
     rs.add_argument("--json", action="store_true", help="end with one JSON object")
     rs.set_defaults(func=_cmd_resume)
+
+    rp = sub.add_parser("report", help="print a run's report")
+    rp.add_argument("run_id", metavar="RUN_ID")
+    rp.add_argument("--format", default="md", help="md (default)")
+    rp.add_argument("--workspace", default=None, help=workspace_help)
+    rp.set_defaults(func=_cmd_report)
 
     m = sub.add_parser("memory", help="query the vector memory of findings")
     msub = m.add_subparsers(dest="memory_command", required=True)

@@ -45,6 +45,7 @@ class InvestigationState(TypedDict, total=False):
     verdicts: dict[str, str]
     status: str
     answer: str
+    stopped_in: str
 
 
 @dataclass
@@ -55,6 +56,8 @@ class Toolbox:
     run: "Run"
     behavior: BehaviorSpec
     max_experiments: int | None = None
+    max_seconds: float | None = None
+    """Wall-time budget over the whole run (earlier processes' time counts, from ``run.json``)."""
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -71,8 +74,13 @@ class Toolbox:
                                seed=self.behavior.seed + 1000)
         return self.prompts
 
+    def elapsed(self) -> float:
+        return self.run.record.cost.wall_s + time.monotonic() - self.started
+
     def out_of_budget(self) -> bool:
-        return self.max_experiments is not None and self.run.record.cost.experiments >= self.max_experiments
+        if self.max_experiments is not None and self.run.record.cost.experiments >= self.max_experiments:
+            return True
+        return self.max_seconds is not None and self.elapsed() >= self.max_seconds
 
     def do(self, job: dict[str, Any]) -> dict[str, Any]:
         """Execute one job (a step of the fixed vocabulary) and return its outcome."""
@@ -159,7 +167,8 @@ def build_graph(brain: HeuristicBrain, toolbox: Toolbox, checkpointer: Any):
 
     def planner(state: InvestigationState) -> dict[str, Any]:
         if toolbox.out_of_budget() and state.get("phase") != "report":
-            return {"phase": "report", "jobs": [], "status": "budget_exhausted"}
+            return {"phase": "report", "jobs": [], "status": "budget_exhausted",
+                    "stopped_in": state.get("phase", "confirm")}
         update = brain.plan(state)
         return {k: v for k, v in update.items() if k in ("phase", "jobs", "claims", "answer")}
 
@@ -199,9 +208,11 @@ def build_graph(brain: HeuristicBrain, toolbox: Toolbox, checkpointer: Any):
     def reporter(state: InvestigationState) -> dict[str, Any]:
         status = state.get("status") or "answered"
         answer = state.get("answer") or _answer(state)
+        if status == "budget_exhausted":
+            answer = (f"The budget ran out during the {state.get('stopped_in')} phase; what is below is what "
+                      f"was established by then. {answer}")
         toolbox.run.write_report("report.md", markdown_report(toolbox, state, answer, status))
-        toolbox.run.update(status=status, answer=answer,
-                           cost={"wall_s": toolbox.run.record.cost.wall_s + time.monotonic() - toolbox.started})
+        toolbox.run.update(status=status, answer=answer, cost={"wall_s": toolbox.elapsed()})
         return {"status": status, "answer": answer}
 
     graph = StateGraph(InvestigationState)

@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 from agents.behavior import BehaviorSpec, load_spec_file
+from agents.budget import parse_duration
 from agents.graph import RECURSION_LIMIT, HeuristicBrain, Toolbox, build_graph
 from agents.intake import intake
 from memory.session import Memory
@@ -20,12 +21,13 @@ from tools.errors import UserInputError
 
 def ask(question: str, *, model: str, spec_file: str | None = None, workspace: str | None = None,
         chroma_url: str | None = None, seed: int = 0, n: int = 64,
-        max_experiments: int | None = None) -> dict[str, Any]:
+        max_experiments: int | None = None, max_time: str | None = None) -> dict[str, Any]:
     """Run a new investigation to the end; return the summary ``sleuth ask --json`` prints."""
     from tools.loading import load_model
 
     if max_experiments is not None and max_experiments < 1:
         raise UserInputError(f"--max-experiments must be at least 1, not {max_experiments}")
+    max_seconds = parse_duration(max_time) if max_time is not None else None
     if not question.strip() and spec_file is None:
         raise UserInputError("ask needs a question (or --spec FILE)")
     with Memory.open(workspace, writer=True, chroma_url=chroma_url) as memory:
@@ -38,7 +40,8 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
             behavior = intake(question, tokenizer=loaded.tokenizer, n=n, seed=seed, max_length=context)
         run = memory.runs.create(question or behavior.question, loaded.model_id, weights_hash=loaded.weights_hash,
                                  settings={"model": model, "behavior": behavior.model_dump(mode="json"),
-                                           "max_experiments": max_experiments, "brain": HeuristicBrain.name})
+                                           "max_experiments": max_experiments, "max_seconds": max_seconds,
+                                           "brain": HeuristicBrain.name})
         run.update(status="running")
         return _drive(memory, run, loaded, behavior, {"run_id": run.id, "behavior": behavior.model_dump(mode="json"),
                                                       "phase": "confirm", "outcomes": []})
@@ -66,7 +69,8 @@ def resume(run_id: str, *, workspace: str | None = None, chroma_url: str | None 
 
 def _drive(memory: Memory, run, loaded, behavior: BehaviorSpec, state: dict[str, Any] | None) -> dict[str, Any]:
     toolbox = Toolbox(model=loaded, run=run, behavior=behavior,
-                      max_experiments=run.record.settings.get("max_experiments"))
+                      max_experiments=run.record.settings.get("max_experiments"),
+                      max_seconds=run.record.settings.get("max_seconds"))
     try:
         asyncio.run(_invoke(toolbox, run, state))
     except KeyboardInterrupt:
@@ -86,6 +90,19 @@ async def _invoke(toolbox: Toolbox, run, state: dict[str, Any] | None) -> None:
         graph = build_graph(HeuristicBrain(), toolbox, saver)
         config = {"configurable": {"thread_id": run.id}, "recursion_limit": RECURSION_LIMIT}
         await graph.ainvoke(state, config, durability="sync")
+
+
+def report_text(run_id: str, *, workspace: str | None = None) -> str:
+    """The Markdown report of a finished run (``sleuth report``); reads only."""
+    from memory.runstore import RunStore
+    from memory.workspace import Workspace
+
+    run = RunStore(Workspace.open(workspace)).open(run_id)
+    path = run.folder / "reports" / "report.md"
+    if not path.exists():
+        raise UserInputError(f"run {run_id} has no report yet (status {run.record.status}); "
+                             f"`sleuth resume {run_id}` finishes it")
+    return path.read_text(encoding="utf-8")
 
 
 def summary(run) -> dict[str, Any]:

@@ -120,3 +120,36 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith("sleuth: error: ") and err.count("\n") == 1 and message in err, err
     assert not list((tmp_path / "ws").glob("runs/*"))
+
+
+@pytest.mark.parametrize("text, seconds", [("8h", 28800), ("1h30m", 5400), ("90s", 90), ("2.5m", 150), ("600", 600)])
+def test_durations(text, seconds):
+    from agents.budget import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "8x", "-5", "0", "1h 30"])
+def test_bad_durations(text):
+    from agents.budget import parse_duration
+    from tools.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="--max-time"):
+        parse_duration(text)
+
+
+def test_a_time_budget_stops_the_run_and_the_report_says_where(tmp_path, capsys):
+    out = _ask(capsys, tmp_path / "ws", "--max-time", "0.001s")
+    assert out["status"] == "budget_exhausted"
+    assert out["answer"].startswith("The budget ran out during the confirm phase")
+    assert sleuth(["report", out["run_id"], "--workspace", str(tmp_path / "ws")]) == 0
+    text = capsys.readouterr().out
+    assert "budget_exhausted" in text and "The budget ran out" in text
+
+
+def test_sleuth_report_prints_the_stored_report(finished, capsys):
+    out, workspace = finished
+    assert sleuth(["report", out["run_id"], "--workspace", str(workspace)]) == 0
+    assert capsys.readouterr().out == Path(out["report"]["md"]).read_text()
+    assert sleuth(["report", "nope", "--workspace", str(workspace)]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
