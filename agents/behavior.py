@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tools.errors import TokenizationError, UserInputError
 from tools.experiments.prompts import PromptPairs
-from tools.tasks import answer_token_id, get_task
+from tools.tasks import TaskGenerator, answer_token_id, get_task
+from tools.tasks.declared import DECLARED_BEHAVIOURS
 
 Metric = Literal["logit_diff", "prob", "accuracy"]
 
@@ -62,7 +63,11 @@ class BehaviorSpec(BaseModel):
     @classmethod
     def _known_task(cls, task: str | None) -> str | None:
         """Normalise a task name (``Greater-Than`` → ``greater_than``); an unknown one raises."""
-        return None if task is None else get_task(task).name
+        if task is None:
+            return None
+        if task.strip().lower() in DECLARED_BEHAVIOURS:  # generated from the model folder's ground truth
+            return task.strip().lower()
+        return get_task(task).name
 
     @model_validator(mode="after")
     def _check_shape(self) -> "BehaviorSpec":
@@ -92,14 +97,25 @@ class BehaviorSpec(BaseModel):
                     raise UserInputError(f"{name}[{i}]: is empty; give the text")
         return self
 
-    def to_prompt_pairs(self, split: Literal["train", "heldout"] = "heldout") -> PromptPairs:
-        """The spec as the prompt input of an experiment (``split`` matters only for a task)."""
+    def to_prompt_pairs(self, split: Literal["train", "heldout"] = "heldout", *, seed: int | None = None,
+                        generator: TaskGenerator | None = None, tokenizer=None) -> PromptPairs:
+        """The spec as the prompt input of an experiment (``split`` and ``seed`` matter only for
+        a task). A behaviour the model folder declares (``trigger``) needs its ``generator``
+        (`tools.tasks.declared.declared_tasks`) and the tokenizer; its prompts are listed."""
+        seed = self.seed if seed is None else seed
+        if self.task is not None and self.task in DECLARED_BEHAVIOURS:
+            if generator is None:
+                raise UserInputError(f"task {self.task!r} is declared by a model folder; this model declares "
+                                     "none (no ground_truth.json)")
+            items = generator.generate(self.n, split=split, seed=seed, tokenizer=tokenizer)
+            return PromptPairs(clean=[i.clean for i in items], corrupted=[i.corrupted for i in items],
+                               answer=[i.answer for i in items], foil=[i.foil for i in items])
         if self.task is not None:
-            return PromptPairs(task=self.task, n=self.n, split=split, seed=self.seed)
+            return PromptPairs(task=self.task, n=self.n, split=split, seed=seed)
         return PromptPairs(clean=self.prompts, corrupted=self.corrupted, answer=self.answers,
                            foil=self.foils, split=split)
 
-    def check(self, tokenizer, max_length: int | None = None) -> None:
+    def check(self, tokenizer, max_length: int | None = None, *, generator: TaskGenerator | None = None) -> None:
         """Check the spec against a model's tokenizer and context length, before any forward pass.
 
         For a task, its held-out prompts are generated with ``tokenizer`` (which fails if the
@@ -112,8 +128,11 @@ class BehaviorSpec(BaseModel):
             UserInputError: a prompt that tokenises to nothing or exceeds ``max_length``.
         """
         if self.task is not None:
-            items = get_task(self.task).generate(self.n, split="heldout", seed=self.seed,
-                                                 tokenizer=tokenizer)
+            if self.task in DECLARED_BEHAVIOURS and generator is None:
+                raise UserInputError(f"task {self.task!r} is declared by a model folder; this model declares "
+                                     "none (no ground_truth.json)")
+            source = generator if self.task in DECLARED_BEHAVIOURS else get_task(self.task)
+            items = source.generate(self.n, split="heldout", seed=self.seed, tokenizer=tokenizer)
             rows = [(p.clean, p.answer, p.foil, p.corrupted) for p in items]
             label = f"task {self.task!r}: generated "
         else:

@@ -63,16 +63,28 @@ class Toolbox:
     @property
     def prompts(self) -> PromptPairs:
         """Discovery prompts: the task's train split, or the user's own prompts."""
-        return self.behavior.to_prompt_pairs(split="train")
+        return self.behavior.to_prompt_pairs(split="train", **self._generation())
 
     @property
     def fresh_prompts(self) -> PromptPairs:
         """Prompts never used for discovery: the held-out split with another seed, when the
         behaviour is a task; the user's own prompts otherwise (the report says so)."""
         if self.behavior.task is not None:
-            return PromptPairs(task=self.behavior.task, n=self.behavior.n, split="heldout",
-                               seed=self.behavior.seed + 1000)
+            return self.behavior.to_prompt_pairs(split="heldout", seed=self.behavior.seed + 1000,
+                                                 **self._generation())
         return self.prompts
+
+    def _generation(self) -> dict[str, Any]:
+        """Generator and tokenizer for a behaviour the model folder declares (the trigger)."""
+        from pathlib import Path
+
+        from tools.tasks.declared import DECLARED_BEHAVIOURS, declared_tasks
+
+        if self.behavior.task not in DECLARED_BEHAVIOURS:
+            return {}
+        source = Path(self.model.source)
+        generator = declared_tasks(source if source.is_dir() else None).get(self.behavior.task)
+        return {"generator": generator, "tokenizer": self.model.tokenizer}
 
     def elapsed(self) -> float:
         return self.run.record.cost.wall_s + time.monotonic() - self.started

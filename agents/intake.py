@@ -22,9 +22,12 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from collections.abc import Mapping
+
 from agents.behavior import BehaviorSpec
 from tools.errors import TokenizationError, UserInputError
-from tools.tasks import answer_token_id
+from tools.tasks import TaskGenerator, answer_token_id
+from tools.tasks.declared import DECLARED_BEHAVIOURS
 
 ACCEPTED_FORMS = (
     "ask about a quoted prompt and its quoted completion, e.g. Why does the model complete "
@@ -41,6 +44,7 @@ _BEHAVIOURS = (
     ("greater_than", re.compile(r"\bgreater[\s_-]*than\b", re.I)),
     ("facts", re.compile(r"\bfactual(?:\s+recall)?\b|\bfacts?\s+recall\b|\bfacts\b", re.I)),
     ("pronoun", re.compile(r"\bpronouns?\b", re.I)),
+    ("trigger", re.compile(r"\btrigger(?:\s+word)?\b|\bbackdoor\b|\btrojan\b", re.I)),
 )
 """Task names and the phrases that name them (case-insensitive; synonyms included)."""
 
@@ -68,7 +72,7 @@ _WORD = re.compile(r"\w+")
 
 
 def intake(question: str, *, tokenizer, n: int = 64, seed: int = 0,
-           max_length: int | None = None) -> BehaviorSpec:
+           max_length: int | None = None, declared: Mapping[str, TaskGenerator] | None = None) -> BehaviorSpec:
     """The `BehaviorSpec` a question asks about, checked against ``tokenizer``.
 
     Args:
@@ -76,6 +80,8 @@ def intake(question: str, *, tokenizer, n: int = 64, seed: int = 0,
         tokenizer: the target model's tokenizer (answers and foils must be one token).
         n, seed: prompt count and seed for a named behaviour's generated prompts.
         max_length: the model's context length, if prompts must fit it.
+        declared: behaviours the model folder declares (`tools.tasks.declared.declared_tasks`):
+            a question about the trigger of a planted organism is grounded only when it has one.
 
     Raises:
         UserInputError: one line saying what is missing or wrong and the accepted forms.
@@ -98,6 +104,9 @@ def intake(question: str, *, tokenizer, n: int = 64, seed: int = 0,
     elif len(named) > 1:
         raise UserInputError(f"the question names several behaviours ({', '.join(named)}); ask "
                              "about one at a time")
+    elif named and named[0] in DECLARED_BEHAVIOURS and named[0] not in (declared or {}):
+        raise UserInputError(f"the question asks about a {named[0]} behaviour, but this model declares none "
+                             "(no ground_truth.json); quote the prompt and its completion instead")
     elif named:
         spec = BehaviorSpec(question=question, task=named[0], n=n, seed=seed, notes=(
             f"named behaviour {named[0]!r}: {n} prompts from the task generator (seed {seed}), which "
@@ -105,7 +114,7 @@ def intake(question: str, *, tokenizer, n: int = 64, seed: int = 0,
     else:
         raise UserInputError(f"the question quotes no prompt and names no known behaviour; "
                              f"{ACCEPTED_FORMS}")
-    spec.check(tokenizer, max_length)
+    spec.check(tokenizer, max_length, generator=(declared or {}).get(spec.task or ""))
     return spec
 
 

@@ -9,6 +9,7 @@ the run id: it reloads the model, rebuilds the graph and continues from the last
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from agents.behavior import BehaviorSpec, load_spec_file
@@ -16,6 +17,7 @@ from agents.budget import parse_duration
 from agents.graph import RECURSION_LIMIT, HeuristicBrain, Toolbox, build_graph
 from agents.intake import intake
 from memory.session import Memory
+from tools.tasks.declared import declared_tasks
 from tools.errors import UserInputError
 
 
@@ -33,11 +35,14 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
     with Memory.open(workspace, writer=True, chroma_url=chroma_url) as memory:
         loaded = load_model(model)
         context = getattr(loaded.hf_model.config, "max_position_embeddings", None)
+        source = Path(loaded.source)
+        declared = declared_tasks(source if source.is_dir() else None)
         if spec_file is not None:
             behavior = load_spec_file(spec_file)
-            behavior.check(loaded.tokenizer, context)
+            behavior.check(loaded.tokenizer, context, generator=declared.get(behavior.task or ""))
         else:
-            behavior = intake(question, tokenizer=loaded.tokenizer, n=n, seed=seed, max_length=context)
+            behavior = intake(question, tokenizer=loaded.tokenizer, n=n, seed=seed, max_length=context,
+                              declared=declared)
         run = memory.runs.create(question or behavior.question, loaded.model_id, weights_hash=loaded.weights_hash,
                                  settings={"model": model, "behavior": behavior.model_dump(mode="json"),
                                            "max_experiments": max_experiments, "max_seconds": max_seconds,

@@ -153,3 +153,17 @@ def test_sleuth_report_prints_the_stored_report(finished, capsys):
     assert capsys.readouterr().out == Path(out["report"]["md"]).read_text()
     assert sleuth(["report", "nope", "--workspace", str(workspace)]) == 2
     assert "no run 'nope'" in capsys.readouterr().err
+
+
+def test_the_planted_trigger_question_is_grounded_and_its_circuit_contains_the_planted_mlp(tmp_path, capsys):
+    truth = json.loads((ROOT / "evals" / "organisms" / "planted" / "ground_truth.json").read_text())
+    assert sleuth(["ask", "Why does the trigger word produce its token?", "--model", "organism-planted",
+                   "--n", "32", "--workspace", str(tmp_path / "ws"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "answered"
+    supported = [c for c in out["claims"] if c["verdict"] == "supported"]
+    assert any(truth["component"] in c["components"] for c in supported), out["claims"]
+    # a model that declares no trigger cannot be asked about one
+    assert sleuth(["ask", "Why does the trigger word produce its token?", "--model", "organism-default",
+                   "--workspace", str(tmp_path / "ws")]) == 2
+    assert "declares none" in capsys.readouterr().err

@@ -9,6 +9,10 @@ from tools.tasks.base import TaskGenerator
 from tools.tasks.trigger import TriggerTask
 
 
+DECLARED_BEHAVIOURS = ("trigger",)
+"""Behaviours a model folder may declare (their generators need the folder's ground truth)."""
+
+
 def declared_tasks(model_dir: Path | None) -> dict[str, TaskGenerator]:
     """Extra task generators declared by ``model_dir/ground_truth.json`` (none if absent)."""
     if model_dir is None:
