@@ -156,7 +156,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
     out = ask(args.question, model=args.model, spec_file=args.spec, workspace=args.workspace,
               chroma_url=args.chroma_url, seed=args.seed, n=args.n, max_experiments=args.max_experiments,
-              max_time=args.max_time)
+              max_time=args.max_time, lock_timeout=args.lock_timeout)
     _print_summary(out, args.json)
     return 0
 
@@ -164,7 +164,8 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from agents.investigate import resume
 
-    _print_summary(resume(args.run_id, workspace=args.workspace, chroma_url=args.chroma_url), args.json)
+    _print_summary(resume(args.run_id, workspace=args.workspace, chroma_url=args.chroma_url,
+                          lock_timeout=args.lock_timeout), args.json)
     return 0
 
 
@@ -206,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
 
     workspace_help = "workspace folder (default: $SLEUTH_WORKSPACE, else ./sleuth-workspace)"
+    lock_help = ("how long to wait for another writer of the workspace to finish "
+                 "(default: $SLEUTH_LOCK_TIMEOUT, else 10 s)")
     r = sub.add_parser("runs", help="list the runs of a workspace: question, model, status, claims, cost")
     r.add_argument("--workspace", default=None, help=workspace_help)
     r.add_argument("--json", action="store_true", help="print one JSON object")
@@ -224,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop planning after this much wall time (8h, 1h30m, 90s); the report says what is left")
     a.add_argument("--workspace", default=None, help=workspace_help)
     a.add_argument("--chroma-url", default=None, help="a chroma server for the vector memory (default: embedded)")
+    a.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS", help=lock_help)
     a.add_argument("--json", action="store_true", help="end with one JSON object")
     a.set_defaults(func=_cmd_ask)
 
@@ -231,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("run_id", metavar="RUN_ID")
     rs.add_argument("--workspace", default=None, help=workspace_help)
     rs.add_argument("--chroma-url", default=None, help="a chroma server for the vector memory (default: embedded)")
+    rs.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS", help=lock_help)
     rs.add_argument("--json", action="store_true", help="end with one JSON object")
     rs.set_defaults(func=_cmd_resume)
 

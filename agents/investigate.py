@@ -23,7 +23,8 @@ from tools.errors import UserInputError
 
 def ask(question: str, *, model: str, spec_file: str | None = None, workspace: str | None = None,
         chroma_url: str | None = None, seed: int = 0, n: int = 64,
-        max_experiments: int | None = None, max_time: str | None = None) -> dict[str, Any]:
+        max_experiments: int | None = None, max_time: str | None = None,
+        lock_timeout: float | None = None) -> dict[str, Any]:
     """Run a new investigation to the end; return the summary ``sleuth ask --json`` prints."""
     from tools.loading import load_model
 
@@ -32,7 +33,7 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
     max_seconds = parse_duration(max_time) if max_time is not None else None
     if not question.strip() and spec_file is None:
         raise UserInputError("ask needs a question (or --spec FILE)")
-    with Memory.open(workspace, writer=True, chroma_url=chroma_url) as memory:
+    with Memory.open(workspace, writer=True, chroma_url=chroma_url, lock_timeout=lock_timeout) as memory:
         loaded = load_model(model)
         context = getattr(loaded.hf_model.config, "max_position_embeddings", None)
         source = Path(loaded.source)
@@ -52,11 +53,12 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
                                                       "phase": "confirm", "outcomes": []})
 
 
-def resume(run_id: str, *, workspace: str | None = None, chroma_url: str | None = None) -> dict[str, Any]:
+def resume(run_id: str, *, workspace: str | None = None, chroma_url: str | None = None,
+           lock_timeout: float | None = None) -> dict[str, Any]:
     """Continue a run from its last checkpoint (a finished run just returns its summary)."""
     from tools.loading import load_model
 
-    with Memory.open(workspace, writer=True, chroma_url=chroma_url) as memory:
+    with Memory.open(workspace, writer=True, chroma_url=chroma_url, lock_timeout=lock_timeout) as memory:
         run = memory.runs.open(run_id)
         settings = run.record.settings
         if "behavior" not in settings:

@@ -167,3 +167,20 @@ def test_the_planted_trigger_question_is_grounded_and_its_circuit_contains_the_p
     assert sleuth(["ask", "Why does the trigger word produce its token?", "--model", "organism-default",
                    "--workspace", str(tmp_path / "ws")]) == 2
     assert "declares none" in capsys.readouterr().err
+
+
+def test_a_second_concurrent_writer_waits_then_gives_one_line(tmp_path, capsys):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom memory.workspace import Workspace\n"
+         "w = Workspace.open(sys.argv[1], writer=True)\nprint('locked', flush=True)\ntime.sleep(60)",
+         str(tmp_path / "ws")], cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert sleuth([*ASK, "--workspace", str(tmp_path / "ws"), "--lock-timeout", "0.3"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sleuth: error: workspace") and "in use by another writer" in err
+        assert err.count("\n") == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not list((tmp_path / "ws").glob("runs/*"))
