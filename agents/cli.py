@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from tools.errors import UserInputError
@@ -25,22 +24,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from tools.behaviour import check_behaviours
     from tools.loading import load_model
     from tools.tasks import TASK_NAMES, get_task
-    from tools.tasks.declared import declared_tasks
+    from tools.tasks.declared import DECLARED_BEHAVIOURS, declared_tasks
 
     if args.n < 1:
         raise UserInputError(f"--n must be at least 1, not {args.n}")
     # Validate the task name before paying for a model load.
-    declared_names = {"trigger"}
-    if args.task != "all" and args.task not in declared_names:
+    if args.task != "all" and args.task not in DECLARED_BEHAVIOURS:
         get_task(args.task)
     loaded = load_model(args.model, device=args.device)
-    source = Path(loaded.source)
-    extra = declared_tasks(source if source.is_dir() else None)
+    extra = declared_tasks(loaded.source)
     if args.task == "all":
         tasks = {name: get_task(name) for name in TASK_NAMES} | extra
     elif args.task in extra:
         tasks = {args.task: extra[args.task]}
-    elif args.task in declared_names:
+    elif args.task in DECLARED_BEHAVIOURS:
         raise UserInputError(f"model {args.model!r} declares no {args.task!r} behaviour (no ground_truth.json)")
     else:
         tasks = {args.task: get_task(args.task)}

@@ -76,14 +76,11 @@ class Toolbox:
 
     def _generation(self) -> dict[str, Any]:
         """Generator and tokenizer for a behaviour the model folder declares (the trigger)."""
-        from pathlib import Path
-
         from tools.tasks.declared import DECLARED_BEHAVIOURS, declared_tasks
 
         if self.behavior.task not in DECLARED_BEHAVIOURS:
             return {}
-        source = Path(self.model.source)
-        generator = declared_tasks(source if source.is_dir() else None).get(self.behavior.task)
+        generator = declared_tasks(self.model.source).get(self.behavior.task)
         return {"generator": generator, "tokenizer": self.model.tokenizer}
 
     def elapsed(self) -> float:

@@ -9,7 +9,6 @@ the run id: it reloads the model, rebuilds the graph and continues from the last
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 from agents.behavior import BehaviorSpec, load_spec_file
@@ -36,8 +35,7 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
     with Memory.open(workspace, writer=True, chroma_url=chroma_url, lock_timeout=lock_timeout) as memory:
         loaded = load_model(model)
         context = getattr(loaded.hf_model.config, "max_position_embeddings", None)
-        source = Path(loaded.source)
-        declared = declared_tasks(source if source.is_dir() else None)
+        declared = declared_tasks(loaded.source)
         if spec_file is not None:
             behavior = load_spec_file(spec_file)
             behavior.check(loaded.tokenizer, context, generator=declared.get(behavior.task or ""))
