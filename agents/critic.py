@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from tools.errors import UserInputError
-from tools.experiments.ablation import AblationResult, AblationSpec
+from tools.experiments.ablation import AblationResult, AblationSpec, universe_components
 from tools.experiments.prompts import PromptPairs
 from tools.stats import Interval, Verdict, bootstrap_pvalue, holm, random_component_sets, ratio_bootstrap_ci
 
@@ -103,14 +103,10 @@ def examine_claim(run: "Run", model: "LoadedModel", claim: SetClaim, prompts: Pr
     other = "resample" if claim.method == "mean" else "mean"
     main = measure(claim.components, claim.method)
     second = measure(claim.components, other)
-    adapter = model.adapter
-    pool = []
-    if "head" in claim.universe:
-        pool += [f"head.{layer}.{head}" for layer in range(adapter.n_layers) for head in range(adapter.n_heads)]
-    if "mlp" in claim.universe:
-        pool += [f"mlp.{layer}" for layer in range(adapter.n_layers)]
-    expanded = set(_expand(claim.components, adapter.n_heads))
-    sets = random_component_sets(pool, len(expanded), n_controls, exclude=sorted(expanded), seed=seed)
+    pool = [str(c) for c in universe_components(claim.universe, model.adapter.n_layers, model.adapter.n_heads)]
+    # the claimed set as the ablation read it (``attn.L`` is its heads): ablated, or kept
+    claimed = set(main.ablated) if mode == "ablate" else set(pool) - set(main.ablated)
+    sets = random_component_sets(pool, len(claimed), n_controls, exclude=sorted(claimed), seed=seed)
     controls = [measure(s, claim.method) for s in sets]
     numerator, denominator = _score_terms(main, claim.kind)
     replication = ratio_bootstrap_ci(numerator, denominator, seed=seed, n_resamples=n_resamples)
@@ -155,13 +151,3 @@ def _score(result: AblationResult, kind: ClaimKind) -> float:
     numerator, denominator = _score_terms(result, kind)
     return float(numerator.mean() / denominator.mean())
 
-
-def _expand(components: Sequence[str], n_heads: int) -> list[str]:
-    """``attn.L`` → its heads, so a control set has as many components as the claim really has."""
-    out = []
-    for name in components:
-        if name.startswith("attn."):
-            out += [f"head.{name.split('.')[1]}.{h}" for h in range(n_heads)]
-        else:
-            out.append(name)
-    return out

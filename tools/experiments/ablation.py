@@ -211,7 +211,7 @@ def run_ablation(
     adapter = model.adapter
     prompts = tokenize_prompts(model, spec.prompts, aligned=spec.method == "resample")
     listed = _expand(spec, adapter.n_layers, adapter.n_heads)
-    universe = _universe(spec.universe, adapter.n_layers, adapter.n_heads)
+    universe = universe_components(spec.universe, adapter.n_layers, adapter.n_heads)
     positions = None
     if spec.positions is not None:
         positions = tuple(check_positions("positions", spec.positions, prompts.lengths.tolist()))
@@ -255,7 +255,7 @@ def _expand(spec: AblationSpec, n_layers: int, n_heads: int) -> list[Component]:
     return sorted(out, key=_order)
 
 
-def _universe(kinds: tuple[str, ...], n_layers: int, n_heads: int) -> list[Component]:
+def universe_components(kinds: tuple[str, ...], n_layers: int, n_heads: int) -> list[Component]:
     """Every head and / or MLP of the model, in forward order."""
     out = []
     for layer in range(n_layers):
