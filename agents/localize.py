@@ -28,6 +28,7 @@ from tools.experiments import (
     PatchSweep,
     PromptPairs,
 )
+from tools.experiments.activation_patching import sweep_cells
 
 if TYPE_CHECKING:
     from memory.runstore import Run
@@ -76,13 +77,8 @@ def component_effects(result: "ExperimentResult", universe: Universe = ("head", 
     for sweep in result.sweeps:
         if sweep.per_position or sweep.site not in universe:
             continue
-        values = result.tensors[f"effect.{sweep.name}"]
-        for i, layer in enumerate(sweep.layers):
-            if sweep.site == "head":
-                for j, head in enumerate(sweep.heads):
-                    effects[f"head.{layer}.{head}"] = float(values[i, j])
-            else:
-                effects[f"mlp.{layer}"] = float(values[i])
+        values = result.tensors[f"effect.{sweep.name}"].flatten().tolist()
+        effects.update({cell.component: cell.effect for cell in sweep_cells(sweep, values)})
     if not effects:
         raise UserInputError(f"the result has no {' or '.join(universe)} sweep to read effects from")
     return effects
