@@ -17,7 +17,7 @@ import os
 
 from memory.embedding import MiniLMEmbedder
 from memory.runstore import RunStore
-from memory.vector import DEFAULT_NAMESPACE, NAMESPACE_ENV, VectorMemory, connect, shared_embedder
+from memory.vector import VectorMemory, shared_embedder
 from memory.workspace import Workspace
 
 
@@ -35,8 +35,7 @@ class Memory:
         embedder = embedder or shared_embedder()
         ws = Workspace.open(workspace, writer=writer, timeout=lock_timeout)
         try:
-            vectors = VectorMemory(connect(ws, chroma_url), embedder,
-                                   namespace or os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE)
+            vectors = VectorMemory.open(ws, url=chroma_url, namespace=namespace, embedder=embedder)
         except BaseException:
             ws.close()
             raise

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict
 
 from memory.embedding import DIMENSION, MiniLMEmbedder
 from memory.workspace import Workspace
-from tools.errors import SetupError, StorageError, UserInputError
+from tools.errors import StorageError, UserInputError
 
 CHROMA_URL_ENV = "SLEUTH_CHROMA_URL"
 NAMESPACE_ENV = "SLEUTH_MEMORY_NAMESPACE"
@@ -305,11 +305,6 @@ class VectorMemory:
             raise UserInputError(f"unknown memory collection {name!r}; one of {', '.join(COLLECTIONS)}") from None
 
 
-def open_memory(workspace: Workspace | None = None, *, url: str | None = None,
-                namespace: str | None = None) -> VectorMemory:
-    return VectorMemory.open(workspace, url=url, namespace=namespace)
-
-
 def _where(equal: dict[str, Any], *extra: dict[str, Any]) -> dict[str, Any]:
     clauses = [{k: v} for k, v in equal.items() if v is not None] + list(extra)
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
@@ -334,4 +329,4 @@ def _record_id(text: str, meta: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 
-__all__ = ["VectorMemory", "Hit", "open_memory", "connect", "SetupError", "COLLECTIONS"]
+__all__ = ["VectorMemory", "Hit", "connect", "COLLECTIONS"]
