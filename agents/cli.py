@@ -222,19 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-experiments", type=int, default=None, help="stop after this many experiments")
     a.add_argument("--max-time", default=None, metavar="DURATION",
                    help="stop planning after this much wall time (8h, 1h30m, 90s); the report says what is left")
-    a.add_argument("--workspace", default=None, help=workspace_help)
-    a.add_argument("--chroma-url", default=None, help="a chroma server for the vector memory (default: embedded)")
-    a.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS", help=lock_help)
-    a.add_argument("--json", action="store_true", help="end with one JSON object")
-    a.set_defaults(func=_cmd_ask)
-
     rs = sub.add_parser("resume", help="continue a killed or interrupted run from its last checkpoint")
     rs.add_argument("run_id", metavar="RUN_ID")
-    rs.add_argument("--workspace", default=None, help=workspace_help)
-    rs.add_argument("--chroma-url", default=None, help="a chroma server for the vector memory (default: embedded)")
-    rs.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS", help=lock_help)
-    rs.add_argument("--json", action="store_true", help="end with one JSON object")
-    rs.set_defaults(func=_cmd_resume)
+    for writer, command in ((a, _cmd_ask), (rs, _cmd_resume)):  # both write to a workspace
+        writer.add_argument("--workspace", default=None, help=workspace_help)
+        writer.add_argument("--chroma-url", default=None,
+                            help="a chroma server for the vector memory (default: embedded)")
+        writer.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS", help=lock_help)
+        writer.add_argument("--json", action="store_true", help="end with one JSON object")
+        writer.set_defaults(func=command)
 
     rp = sub.add_parser("report", help="print a run's report")
     rp.add_argument("run_id", metavar="RUN_ID")
