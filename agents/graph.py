@@ -19,10 +19,11 @@ from __future__ import annotations
 import operator
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict
 
 from agents.behavior import BehaviorSpec
-from agents.critic import SetClaim, examine_claim, holm_adjust, verdict_for
+from agents.critic import ClaimTest, SetClaim, examine_claim, holm_adjust, verdict_for
 from agents.localize import grow_circuit, rank_components
 from memory.records import Claim
 from tools.experiments import BehaviourExperimentSpec, PromptPairs
@@ -60,12 +61,13 @@ class Toolbox:
     """Wall-time budget over the whole run (earlier processes' time counts, from ``run.json``)."""
     started: float = field(default_factory=time.monotonic)
 
-    @property
+    @cached_property
     def prompts(self) -> PromptPairs:
-        """Discovery prompts: the task's train split, or the user's own prompts."""
+        """Discovery prompts: the task's train split, or the user's own prompts (built once: a
+        declared behaviour generates and tokenises them here)."""
         return self.behavior.to_prompt_pairs(split="train", **self._generation())
 
-    @property
+    @cached_property
     def fresh_prompts(self) -> PromptPairs:
         """Prompts never used for discovery: the held-out split with another seed, when the
         behaviour is a task; the user's own prompts otherwise (the report says so)."""
@@ -197,8 +199,6 @@ def build_graph(brain: HeuristicBrain, toolbox: Toolbox, checkpointer: Any):
         tests = [o["test"] for o in state.get("outcomes", []) if o["step"] == "examine"]
         if not tests:
             return {}
-        from agents.critic import ClaimTest
-
         adjusted = holm_adjust([ClaimTest.model_validate(t) for t in tests])
         verdicts = {t.claim.id: verdict_for(t) for t in adjusted}
         by_id = {c["id"]: c for c in state.get("claims", [])}
