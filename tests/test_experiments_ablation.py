@@ -195,6 +195,34 @@ def test_mean_ablation_equals_means_taken_by_torch_hooks(family, mean_over: str)
     assert torch.allclose(result.tensors["ablated_logit_diff"], expected, atol=ATOL)
 
 
+def test_a_mean_counted_from_the_end_equals_means_taken_by_torch_hooks(family) -> None:
+    """Prompts of different lengths, ablated at their last 3 positions: each position gets the
+    reference prompts' mean at the same offset from their end."""
+    name, model = family
+    pairs = word_pairs(n=3, length=[5, 7, 6], seed=15)
+    reference = word_pairs(n=3, length=[4, 8, 6], seed=16)
+    spec = AblationSpec(prompts=pairs, components=("head.0.1", "mlp.0", "head.1.3"), method="mean",
+                        reference=reference, positions=(-3, -2, -1))
+    result = run_ablation(model, spec, batch_size=2)
+    assert result.mean_over == "prompts_from_end"  # "auto": the lengths differ, positions count from the end
+    captures = []
+    for text in reference.clean:
+        captures.append({})
+        _hooked(model, name, text, capture=captures[-1])
+    means = {key: torch.stack([c[key][-3:] for c in captures]).mean(0) for key in captures[0]}
+    expected = []
+    for text in pairs.clean:
+        length = len(model.tokenizer(text)["input_ids"])
+
+        def value_of(site, layer, p, current, length=length):
+            return means[(site, layer)][p - (length - 3)]
+
+        expected.append(_hooked(model, name, text, _replacer([(0, 1), (1, 3)], {0}, (-3, -2, -1), value_of)))
+    expected = _logit_diffs(model, pairs, expected)
+    assert (expected - result.tensors["clean_logit_diff"]).abs().max() > 1e-3
+    assert torch.allclose(result.tensors["ablated_logit_diff"], expected, atol=ATOL)
+
+
 def test_mean_ablation_over_the_prompt_itself_is_identity(family) -> None:
     _, model = family
     pairs = word_pairs(n=1, length=6, seed=8)

@@ -347,3 +347,30 @@ def test_specs_round_trip_through_json() -> None:
     for spec in (AttentionPatternSpec(prompts=_pairs(TEXTS), layers=(1,), attend_to_token="w3"),
                  NeuronActivationSpec(prompts=_pairs(TEXTS), neurons=(2, 3), top_k=5)):
         assert type(spec).model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_last_token_scores_read_the_saved_patterns(family, loaded) -> None:
+    """to_answer / to_foil / to_changed: the last token's attention summed over the positions
+    holding the answer, the foil, or a token the corruption changed — from the patterns."""
+    clean = ("w5 w9 w5 w9 w7", "w3 w4 w1 w3", "w8 w2 w8 w3 w8 w2")
+    corrupted = ("w5 w9 w6 w9 w7", "w3 w4 w1 w3", "w8 w2 w8 w3 w4 w2")
+    pairs = PromptPairs(clean=clean, corrupted=corrupted, answer=(" w9", " w1", " w2"), foil=(" w5", " w7", " w8"))
+    result = run_attention_patterns(loaded, AttentionPatternSpec(prompts=pairs, from_last=True,
+                                                                 saved_prompts=len(clean)), batch_size=2)
+    assert {"to_answer", "to_foil", "to_changed"} <= set(result.scored)
+    pattern = result.tensors["pattern"]
+    for p, (c, x, a, f) in enumerate(zip(clean, corrupted, pairs.answer, pairs.foil)):
+        ids, other = _ids(loaded, c)[0], _ids(loaded, x)[0]
+        n = ids.shape[0]
+        answer_id, foil_id = (loaded.tokenizer.convert_tokens_to_ids(t.strip()) for t in (a, f))
+        masks = {"to_answer": ids == answer_id, "to_foil": ids == foil_id, "to_changed": ids != other}
+        for name, mask in masks.items():
+            got = result.tensors[f"last.{name}"][..., p]  # [layer, head]
+            if not mask.any():
+                assert got.isnan().all()
+                continue
+            expected = pattern[p, :, :, n - 1, :n][..., mask].sum(-1)
+            assert torch.allclose(got, expected, atol=ATOL), name
+    # the mean over prompts skips those where a score is undefined (the unchanged second pair)
+    changed = result.tensors["last.to_changed"]
+    assert torch.allclose(result.tensors["score.to_changed"], changed[..., [0, 2]].mean(-1), atol=ATOL)

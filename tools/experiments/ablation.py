@@ -18,8 +18,14 @@ at the same position. Defined only when every reference prompt and every clean p
 the same token length. ``"prompts_and_positions"``: one mean over every real token of every
 reference prompt (``[...]``), put back at every position; always defined, but mixes
 position-specific activity (the first token's large norm, for one). ``"auto"`` (default)
-takes ``"prompts"`` when the lengths allow it and ``"prompts_and_positions"`` otherwise;
-the result records which was used.
+takes ``"prompts"`` when the lengths allow it, ``"prompts_from_end"`` when they do not but the
+ablation is restricted to positions counted from the end (negative ``positions``) that every
+prompt has, and ``"prompts_and_positions"`` otherwise; the result records which was used.
+``"prompts_from_end"``: one mean per position *counted from each prompt's end* (the last
+token, the one before it, ...) over the reference prompts, put back at the same offset from
+the end: the per-position mean for prompts of different lengths whose final clause is
+templated (IOI's "John gave a drink to"). It needs negative ``positions`` no further back than
+the shortest reference prompt.
 
 The universe of components
 ==========================
@@ -87,7 +93,7 @@ if TYPE_CHECKING:
 
 AblationMethod = Literal["zero", "mean", "resample"]
 UniverseKind = Literal["head", "mlp"]
-MeanOver = Literal["prompts", "prompts_and_positions"]
+MeanOver = Literal["prompts", "prompts_from_end", "prompts_and_positions"]
 NORMALISE_EPS = 1e-6
 ABLATABLE_KINDS = ("head", "attn", "mlp")
 
@@ -112,10 +118,11 @@ class AblationSpec(ExperimentSpec):
     reference: PromptPairs | None = None
     """Mean ablation only: the prompts (their clean prompts) whose mean activation replaces
     a component. None: the spec's corrupted prompts, or its clean ones when it has none."""
-    mean_over: Literal["auto", "prompts", "prompts_and_positions"] = "auto"
+    mean_over: Literal["auto", "prompts", "prompts_from_end", "prompts_and_positions"] = "auto"
     """Mean ablation only: a mean per position over prompts (``prompts``: needs one token
-    length throughout), one over prompts and positions, or ``auto`` (the first when the
-    lengths allow it)."""
+    length throughout), per position counted from each prompt's end (``prompts_from_end``:
+    needs negative ``positions``), one over prompts and positions, or ``auto`` (the first
+    that the lengths and positions allow; see the module docstring)."""
     positions: tuple[int, ...] | None = None
     """Ablate only at these positions (None: every position); negative ones count from each
     prompt's end (-1 is the last token)."""
@@ -220,18 +227,20 @@ def run_ablation(
     if spec.method == "mean":
         reference_ids, reference_lengths, field = _reference(model, spec, prompts)
         mean_over = _mean_over(spec, field, prompts.lengths, reference_lengths)
+        if mean_over == "prompts_from_end":
+            _check_from_end(spec, field, reference_lengths)
     # -- no forward pass before this line ------------------------------------------------
     keys = {site_key(c) for c in universe}
     if spec.method == "mean":
-        mean_source = _means(model, reference_ids, reference_lengths, keys,
-                             per_position=mean_over == "prompts", batch_size=batch_size)
+        mean_source = _means(model, reference_ids, reference_lengths, keys, mean_over=mean_over,
+                             depth=-min(spec.positions or (0,)), batch_size=batch_size)
     variant = tuple(Patch(c, positions) for c in ablated)
     everything = tuple(Patch(c, positions) for c in universe)
     clean, mode_ld, base_ld = [], [], []
     per_chunk = max(1, min(prompts.size, batch_size))
     for start, stop in chunks(prompts.size, per_chunk):
         c, a, b = _run_chunk(model, spec, prompts.rows(start, stop), keys, variant, everything,
-                             mean_source, batch_size)
+                             mean_source, mean_over, batch_size)
         clean.append(c)
         mode_ld.append(a)
         base_ld.append(b)
@@ -302,13 +311,15 @@ def _mean_over(spec: AblationSpec, field: str, lengths: torch.Tensor,
                reference_lengths: torch.Tensor) -> MeanOver:
     """Resolve ``mean_over``; a per-position mean needs one token length everywhere."""
     target = int(lengths[0])
-    if spec.mean_over == "prompts_and_positions":
-        return "prompts_and_positions"
+    if spec.mean_over in ("prompts_and_positions", "prompts_from_end"):
+        return spec.mean_over
     aligned = bool((lengths == target).all() and (reference_lengths == target).all())
     if aligned:
         return "prompts"
     if spec.mean_over == "auto":
-        return "prompts_and_positions"
+        from_end = (spec.positions is not None and all(p < 0 for p in spec.positions)
+                    and -min(spec.positions) <= int(reference_lengths.min()))
+        return "prompts_from_end" if from_end else "prompts_and_positions"
     if not bool((lengths == target).all()):
         raise SpecError("mean_over", f"a per-position mean needs clean prompts of one token "
                         f"length, they have {int(lengths.min())} to {int(lengths.max())}; use "
@@ -317,6 +328,19 @@ def _mean_over(spec: AblationSpec, field: str, lengths: torch.Tensor,
     raise SpecError(f"{field}[{i}]", f"has {int(reference_lengths[i])} tokens but the clean "
                     f"prompts have {target}; a per-position mean (mean_over='prompts') compares "
                     "positions one to one, so every reference prompt must have that length")
+
+
+def _check_from_end(spec: AblationSpec, field: str, reference_lengths: torch.Tensor) -> None:
+    """A mean counted from the end needs negative positions that every reference prompt has."""
+    if spec.positions is None or any(p >= 0 for p in spec.positions):
+        raise SpecError("mean_over", "'prompts_from_end' puts means back at offsets from each "
+                        "prompt's end, so list the positions to ablate as negative numbers "
+                        "(-1 is the last token)")
+    depth, shortest = -min(spec.positions), int(reference_lengths.min())
+    if depth > shortest:
+        i = int((reference_lengths < depth).nonzero()[0])
+        raise SpecError(f"{field}[{i}]", f"has {int(reference_lengths[i])} tokens, fewer than the "
+                        f"{depth} positions from the end that 'prompts_from_end' averages over")
 
 
 def _rename(field: str) -> str:
@@ -331,22 +355,30 @@ def _rename(field: str) -> str:
 
 def _means(
     model: "LoadedModel", ids: torch.Tensor, lengths: torch.Tensor, keys: set[SiteKey], *,
-    per_position: bool, batch_size: int,
+    mean_over: MeanOver, depth: int, batch_size: int,
 ) -> dict[SiteKey, torch.Tensor]:
-    """Mean value of each site over the reference prompts: ``[pos, features]`` per position,
-    else ``[features]`` over every real token. Accumulated in float32, returned in the
-    model's dtype."""
+    """Mean value of each site over the reference prompts: ``[pos, features]`` per position
+    (``prompts``), ``[depth, features]`` per offset from the end (``prompts_from_end``, row
+    ``k`` is offset ``-(k+1)``), else ``[features]`` over every real token. Accumulated in
+    float32, returned in the model's dtype."""
     sums: dict[SiteKey, torch.Tensor] = {}
     for start, stop in chunks(ids.shape[0], batch_size):
         chunk_lengths = lengths[start:stop]
         width = int(chunk_lengths.max())
         cache, _ = cache_run(model, ids[start:stop, :width], chunk_lengths - 1, keys)
         real = (torch.arange(width)[None, :] < chunk_lengths[:, None]).to(model.device)
+        from_end = (chunk_lengths[:, None] - 1 - torch.arange(depth)[None, :]).to(model.device)
         for key, value in cache.items():
             value = value.float()
-            part = value.sum(0) if per_position else value[real].sum(0)
+            if mean_over == "prompts":
+                part = value.sum(0)
+            elif mean_over == "prompts_from_end":
+                index = from_end[..., None].expand(-1, -1, value.shape[-1])
+                part = value.gather(1, index).sum(0)
+            else:
+                part = value[real].sum(0)
             sums[key] = part if key not in sums else sums[key] + part
-    count = ids.shape[0] if per_position else int(lengths.sum())
+    count = int(lengths.sum()) if mean_over == "prompts_and_positions" else ids.shape[0]
     dtype = next(model.hf_model.parameters()).dtype
     return {key: (total / count).to(dtype) for key, total in sums.items()}
 
@@ -354,7 +386,7 @@ def _means(
 def _run_chunk(
     model: "LoadedModel", spec: AblationSpec, prompts: PromptBatch, keys: set[SiteKey],
     variant: Variant, everything: Variant, mean_source: dict[SiteKey, torch.Tensor] | None,
-    batch_size: int,
+    mean_over: MeanOver | None, batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Clean, spec-ablated and everything-ablated logit differences ``[batch]``."""
     readout = prompts.readout_ids
@@ -365,9 +397,12 @@ def _run_chunk(
     batch, width = prompts.clean.shape
     if spec.method == "zero":
         source = {key: torch.zeros_like(clean_cache[key]) for key in keys}
+    elif mean_over == "prompts_and_positions":
+        source = {key: mean.expand(batch, width, mean.shape[-1]) for key, mean in mean_source.items()}
+    elif mean_over == "prompts_from_end":
+        source = {key: _place_from_end(mean, prompts.lengths, width) for key, mean in mean_source.items()}
     elif spec.method == "mean":
-        source = {key: mean.expand(batch, width, mean.shape[-1]) if mean.dim() == 1
-                  else mean.expand(batch, *mean.shape) for key, mean in mean_source.items()}
+        source = {key: mean.expand(batch, *mean.shape) for key, mean in mean_source.items()}
     else:
         source, _ = cache_run(model, prompts.corrupted, prompts.last, keys)
     # identical variants run once, so "keep nothing" is exactly the baseline
@@ -381,6 +416,18 @@ def _run_chunk(
     base = diffs[-1] if everything else clean
     ablated = clean if not variant else diffs[0]
     return clean, ablated, base
+
+
+def _place_from_end(mean: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """``[depth, features]`` means per offset from the end -> ``[batch, width, features]`` with
+    row ``k`` at position ``length - 1 - k`` of each prompt (zeros elsewhere: never patched,
+    since the ablation is restricted to offsets within ``depth``)."""
+    depth, features = mean.shape
+    out = mean.new_zeros(len(lengths), width, features)
+    for row, length in enumerate(lengths.tolist()):
+        k = min(depth, length)
+        out[row, length - k: length] = mean[:k].flip(0)
+    return out
 
 
 def _logit_diff(logits: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,16 @@ For a query ``q`` with token ``t_q`` (only real tokens; keys ``k < q``):
                      queries after its first occurrence (only with ``attend_to_token``).
 
 A score that is defined at no query position (no repeated token in any prompt) is NaN.
+
+Scores of the last token (``from_last=True``), per prompt, read where a logit-difference
+metric is read — what the final position pulls in:
+
+``to_answer``        ``Σ A[last, k]`` over positions holding the answer token (name movers
+                     copy the indirect object from there), over prompts that contain it.
+``to_foil``          the same for the foil token.
+``to_changed``       ``Σ A[last, k]`` over positions where the clean and the corrupted
+                     prompt differ: how much the head reads the tokens that decide the
+                     answer (needs corrupted prompts of the clean prompts' token length).
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from tools.errors import ModelError, SpecError
-from tools.experiments.prompts import PromptPairs, resolve_prompts
+from tools.experiments.prompts import PromptBatch, PromptPairs, resolve_prompts, tokenize_prompts
 from tools.experiments.provenance import provenance_for
 from tools.experiments.readout import chunks
 from tools.experiments.result import ExperimentResult
@@ -54,13 +64,15 @@ if TYPE_CHECKING:
     from tools.loading import LoadedModel
 
 SCORE_NAMES: tuple[str, ...] = ("previous_token", "duplicate_token", "induction", "attend_to_token")
+LAST_SCORE_NAMES: tuple[str, ...] = ("to_answer", "to_foil", "to_changed")
 TOP_K = 10
 
 
 class AttentionPatternSpec(ExperimentSpec):
     """Attention patterns of the chosen heads on the clean prompts, with role scores.
 
-    Only ``prompts.clean`` is read (answers and foils are not used, and need not be one token).
+    Only ``prompts.clean`` is read (answers and foils are not used, and need not be one token),
+    unless ``from_last`` asks for the scores of the last token.
     """
 
     kind: Literal["attention_patterns"] = "attention_patterns"
@@ -74,6 +86,10 @@ class AttentionPatternSpec(ExperimentSpec):
     saved_prompts: int = 4
     """Keep full patterns for the first this-many prompts (0: none); scores use every prompt.
     Patterns grow as ``prompts × layers × heads × pos²``, so the default keeps a few."""
+    from_last: bool = False
+    """Also score what the last token attends to: the answer's and the foil's positions and
+    the positions the corruption changed (``to_answer``, ``to_foil``, ``to_changed``; see the
+    module docstring). Then answers and foils must be one token, as in every metric."""
 
     @model_validator(mode="after")
     def _check(self) -> "AttentionPatternSpec":
@@ -98,7 +114,8 @@ class AttentionPatternResult(ExperimentResult):
     """Role scores per head; patterns of the first prompts in tensors.
 
     Tensors: ``score.<name>`` ``[layer, head]`` for each name in ``scored`` (NaN where
-    undefined); ``pattern`` ``[prompt, layer, head, q, k]`` for the first ``n_saved``
+    undefined); with ``from_last``, ``last.<name>`` ``[layer, head, prompt]`` per prompt (NaN
+    for a prompt where the score is undefined); ``pattern`` ``[prompt, layer, head, q, k]`` for the first ``n_saved``
     prompts, zero outside each prompt's real tokens; ``pattern_tokens`` ``[prompt, pos]``
     (token ids, right-padded) and ``pattern_lengths`` ``[prompt]`` of those prompts.
     """
@@ -136,8 +153,15 @@ def run_attention_patterns(
     layers = check_indices("layers", spec.layers, adapter.n_layers, "layer")
     heads = check_indices("heads", spec.heads, adapter.n_heads, "head")
     target = None if spec.attend_to_token is None else single_token_id(model, spec.attend_to_token)
-    ids, lengths = tokenize_texts(model, clean_texts(model, spec.prompts), "prompts.clean")
+    last_keys: dict[str, torch.Tensor] = {}
+    if spec.from_last:
+        batch = tokenize_prompts(model, spec.prompts, aligned=True)
+        ids, lengths = batch.clean, batch.lengths
+        last_keys = last_token_keys(batch)
+    else:
+        ids, lengths = tokenize_texts(model, clean_texts(model, spec.prompts), "prompts.clean")
     names = SCORE_NAMES if target is not None else SCORE_NAMES[:-1]
+    last_parts: dict[str, list[torch.Tensor]] = {name: [] for name in last_keys}
     sums = {name: torch.zeros(len(layers), len(heads), dtype=torch.float64) for name in names}
     counts = {name: 0 for name in names}
     n_saved = min(spec.saved_prompts, ids.shape[0])
@@ -154,6 +178,8 @@ def run_attention_patterns(
                                                        target).items():
                 sums[name] += total.double()
                 counts[name] += count
+            for name, keys in last_keys.items():
+                last_parts[name].append(score_last(pattern, batch_lengths, keys[start:stop]))
             if start < n_saved:
                 keep = min(stop, n_saved) - start
                 width = int(batch_lengths[:keep].max())
@@ -167,6 +193,14 @@ def run_attention_patterns(
             (len(layers), len(heads)), math.nan)
         tensors[f"score.{name}"] = score
         top[name] = _top_heads(score, layers, heads)
+    for name, parts in last_parts.items():
+        per_prompt = torch.cat(parts, dim=-1)  # [layer, head, prompt]
+        defined = ~per_prompt.isnan()
+        score = torch.where(defined, per_prompt, 0).sum(-1) / defined.sum(-1).clamp(min=1)
+        score[defined.sum(-1) == 0] = math.nan
+        tensors[f"last.{name}"], tensors[f"score.{name}"] = per_prompt, score
+        top[name] = _top_heads(score, layers, heads)
+    names = (*names, *last_parts)
     if n_saved:
         width = int(lengths[:n_saved].max())
         tensors["pattern"] = torch.cat([_pad_square(p, width) for p in saved])
@@ -259,6 +293,27 @@ def score_patterns(
         total = (paid * queries.reshape(q_shape).to(pattern.dtype)).sum(-1).sum(0)
         out[name] = (total, int(queries.sum()))
     return out
+
+
+def last_token_keys(batch: "PromptBatch") -> dict[str, torch.Tensor]:
+    """For each last-token score: ``[prompt, k]`` boolean masks of the keys it sums over."""
+    width = batch.clean.shape[1]
+    real = _real_mask(batch.lengths, width)
+    ids = batch.clean.cpu()
+    keys = {"to_answer": (ids == batch.answer[:, None]) & real, "to_foil": (ids == batch.foil[:, None]) & real}
+    if batch.corrupted is not None and not torch.equal(batch.corrupted.cpu(), ids):
+        keys["to_changed"] = (ids != batch.corrupted.cpu()[:, :width]) & real
+    return keys
+
+
+def score_last(pattern: torch.Tensor, lengths: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``[layer, head, batch]``: attention of each prompt's last token on ``keys`` ``[batch, k]``
+    (NaN for a prompt with no such key). ``pattern`` is ``[batch, layer, head, q, k]``."""
+    rows = torch.arange(pattern.shape[0])
+    last = pattern[rows, :, :, lengths - 1]  # [batch, layer, head, k]
+    paid = (last * keys[:, None, None, : last.shape[-1]].to(last.dtype)).sum(-1)
+    paid[~keys.any(-1)] = math.nan
+    return paid.permute(1, 2, 0)
 
 
 def _top_heads(score: torch.Tensor, layers: Sequence[int], heads: Sequence[int]) -> tuple[HeadScore, ...]:
