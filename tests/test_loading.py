@@ -209,3 +209,25 @@ def test_bad_device_or_dtype(saved_gpt2, kwargs: dict) -> None:
 def test_cuda_without_cuda(saved_gpt2) -> None:
     with pytest.raises(UserInputError, match="CUDA"):
         load_model(str(saved_gpt2[0]), device="cuda")
+
+
+def test_forward_passes_are_counted_and_a_cache_hit_costs_none(tmp_path):
+    import torch
+
+    from memory.runstore import RunStore
+    from memory.workspace import Workspace
+    from tools.experiments import BehaviourExperimentSpec, PromptPairs
+
+    model = load_model("organism-default")
+    with torch.no_grad():
+        model.hf_model(torch.tensor([[1, 2, 3], [4, 5, 6]]))
+    assert (model.forwards.calls, model.forwards.rows) == (1, 2)
+    with Workspace.open(tmp_path / "ws", writer=True) as ws:
+        run = RunStore(ws).create("q", model.model_id)
+        spec = BehaviourExperimentSpec(prompts=PromptPairs(task="ioi", n=8, seed=3))
+        before = model.forwards.calls
+        run.experiment(model, spec)
+        spent = model.forwards.calls - before
+        assert spent >= 1 and run.record.cost.forward_passes == spent  # clean (and corrupted) batches
+        run.experiment(model, spec)
+        assert run.record.cost.forward_passes == spent and model.forwards.calls == before + spent

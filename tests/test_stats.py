@@ -362,3 +362,33 @@ def test_ratio_bootstrap_ci_rejects_undefined_ratios():
         ratio_bootstrap_ci([1.0, 2.0, 3.0], [1.0, -1.0, 0.0])
     with pytest.raises(UserInputError, match="one of each per item"):
         ratio_bootstrap_ci([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+# --- ratio_bootstrap_pvalue ---------------------------------------------------------------
+
+def test_ratio_pvalue_agrees_with_the_ratio_ci_and_sees_numerator_and_denominator_move_together():
+    from tools.stats import ratio_bootstrap_ci, ratio_bootstrap_pvalue
+
+    rng = np.random.default_rng(8)
+    denominator = rng.lognormal(1.0, 1.2, size=64)  # heavy-tailed per-prompt logit differences
+    # restoring an activation that carries everything: numerator = denominator on every prompt
+    assert ratio_bootstrap_pvalue(denominator, denominator, threshold=0.75) == pytest.approx(1 / 2001)
+    # the per-prompt values divided by a fixed denominator are far noisier than the ratio
+    assert bootstrap_pvalue(denominator / denominator.mean(), threshold=0.75) > 0.01
+    numerator = 0.6 * denominator + rng.normal(0, 0.3, size=64)
+    ci = ratio_bootstrap_ci(numerator, denominator, seed=3)
+    for threshold in (ci.low - 0.05, ci.high + 0.05):
+        p = ratio_bootstrap_pvalue(numerator, denominator, threshold=threshold, seed=3)
+        assert (p < 0.05) == (threshold < ci.low), (threshold, p, ci)
+    assert ratio_bootstrap_pvalue(numerator, denominator, threshold=ci.estimate, seed=3) > 0.3
+
+
+def test_ratio_pvalue_rejects_bad_input():
+    from tools.stats import ratio_bootstrap_pvalue
+
+    with pytest.raises(UserInputError, match="threshold"):
+        ratio_bootstrap_pvalue([1.0, 2.0], [1.0, 2.0], threshold=float("nan"))
+    with pytest.raises(UserInputError, match="denominator"):
+        ratio_bootstrap_pvalue([1.0, 2.0], [1.0, -1.0], threshold=0.5)
+    with pytest.raises(UserInputError, match="values but denominator has"):
+        ratio_bootstrap_pvalue([1.0, 2.0, 3.0], [1.0, 2.0], threshold=0.5)

@@ -21,6 +21,8 @@ is loaded in another dtype (whose experiment results differ too).
 
 from __future__ import annotations
 
+import os
+
 import hashlib
 import importlib.util
 import json
@@ -80,6 +82,8 @@ class LoadedModel:
     """The floating dtype of the weights."""
     backend: Backend = field(default_factory=LocalBackend)
     """Where traces run (`tools.backends`): here by default, or on NDIF."""
+    forwards: "ForwardCounter" = field(default_factory=lambda: ForwardCounter())
+    """Counts the forward passes the model runs here (`wrap_model` attaches it)."""
 
     def trace(self, *inputs: Any, **kwargs: Any) -> Any:
         """``with model.trace(ids):`` — an nnsight trace of `lm` on this model's `backend`.
@@ -113,6 +117,27 @@ class LoadedModel:
         return self.hf_model.config
 
 
+class ForwardCounter:
+    """Forward passes of one model run in this process: ``calls`` (each batched) and ``rows``
+    (sequences forwarded, summed over calls). Remote (NDIF) runs happen elsewhere and count 0."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.rows = 0
+
+    def attach(self, module: torch.nn.Module) -> None:
+        def count(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            ids = kwargs.get("input_ids")
+            if ids is None:
+                ids = kwargs.get("inputs_embeds")
+            if ids is None and args and isinstance(args[0], torch.Tensor):
+                ids = args[0]
+            self.calls += 1
+            self.rows += int(ids.shape[0]) if isinstance(ids, torch.Tensor) and ids.dim() >= 2 else 1
+
+        module.register_forward_pre_hook(count, with_kwargs=True)
+
+
 # -- public API --------------------------------------------------------------------------
 
 
@@ -139,6 +164,8 @@ def load_model(
     torch_device = _parse_device(device)
     torch_dtype = _parse_dtype(dtype)
     source, is_local = resolve_model_source(name_or_path)
+    # HF_HUB_OFFLINE is read here, at the call, not only when transformers was imported
+    offline = offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     local_files_only = is_local or offline
 
     config = _load_config(name_or_path, source, is_local, local_files_only)
@@ -184,8 +211,11 @@ def wrap_model(
             f"module layout the {adapter.family} adapter expects ({error}); "
             "add or fix an adapter in tools/adapters/"
         ) from None
+    counter = ForwardCounter()
+    counter.attach(hf_model)
     return LoadedModel(
         lm=lm,
+        forwards=counter,
         adapter=adapter,
         tokenizer=lm.tokenizer if lm.tokenizer is not None else tokenizer,
         model_id=model_id or getattr(hf_model.config, "name_or_path", "") or type(hf_model).__name__,

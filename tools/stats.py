@@ -130,6 +130,52 @@ def ratio_bootstrap_ci(
     if den.mean() == 0.0:
         raise UserInputError("the denominator's mean is zero; the ratio is undefined")
     n_resamples = _check_resamples(n_resamples)
+    ratios = _ratio_draws(num, den, n_resamples, seed)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(ratios, [tail, 1.0 - tail])
+    return Interval(estimate=float(num.mean() / den.mean()), low=float(low), high=float(high),
+                    n=num.size, confidence=confidence)
+
+
+def ratio_bootstrap_pvalue(
+    numerator: Sequence[float] | np.ndarray,
+    denominator: Sequence[float] | np.ndarray,
+    *,
+    threshold: float,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> float:
+    """One-sided p-value for H0: ``mean(numerator) / mean(denominator) <= threshold``.
+
+    The shifted bootstrap of the ratio itself, on the same resamples as `ratio_bootstrap_ci`
+    with the same seed (so the test and the interval never disagree about which side of the
+    threshold the data lie): the bootstrap distribution of the ratio is centred on the
+    threshold and the draws at least as far above it as the observed ratio are counted::
+
+        p = (1 + #{ratio* - ratio >= ratio - threshold}) / (1 + n_resamples)
+
+    A bootstrap of per-prompt values divided by a fixed denominator would ignore how numerator
+    and denominator move together (restoring an activation that carries everything gives
+    numerator = denominator on every prompt: a ratio of exactly 1, however much the prompts'
+    logit differences vary).
+    """
+    num, den = _sample(numerator, "numerator"), _sample(denominator, "denominator")
+    if num.size != den.size:
+        raise UserInputError(f"numerator has {num.size} values but denominator has {den.size}; "
+                             "pass one of each per item")
+    if not math.isfinite(threshold):
+        raise UserInputError(f"threshold {threshold} is not a finite number")
+    if den.mean() == 0.0:
+        raise UserInputError("the denominator's mean is zero; the ratio is undefined")
+    observed = float(num.mean() / den.mean())
+    draws = _ratio_draws(num, den, _check_resamples(n_resamples), seed)
+    extreme = (draws - observed) >= (observed - threshold)
+    return float((1 + np.count_nonzero(extreme)) / (1 + draws.size))
+
+
+def _ratio_draws(num: np.ndarray, den: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap draws of ``mean(num[idx]) / mean(den[idx])`` (resamples with a zero
+    denominator dropped; more than 1% of them is an error)."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, num.size, size=(n_resamples, num.size))
     den_means = den[idx].mean(axis=1)
@@ -137,11 +183,7 @@ def ratio_bootstrap_ci(
     if (~ok).mean() > 0.01:
         raise UserInputError(f"the denominator's mean is zero in {(~ok).sum()} of {n_resamples} "
                              "resamples; the ratio is too unstable for a confidence interval")
-    ratios = num[idx[ok]].mean(axis=1) / den_means[ok]
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(ratios, [tail, 1.0 - tail])
-    return Interval(estimate=float(num.mean() / den.mean()), low=float(low), high=float(high),
-                    n=num.size, confidence=confidence)
+    return num[idx[ok]].mean(axis=1) / den_means[ok]
 
 
 def bootstrap_pvalue(

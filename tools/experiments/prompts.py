@@ -15,7 +15,8 @@ never influence earlier ones, so padding changes no number and no attention mask
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+import weakref
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -24,7 +25,8 @@ from tools.errors import SpecError, TokenizationError, UserInputError
 
 if TYPE_CHECKING:
     from tools.loading import LoadedModel
-    from tools.tasks.base import TaskPrompt
+
+from tools.tasks.base import TaskPrompt
 
 
 class PromptPairs(BaseModel):
@@ -140,6 +142,12 @@ class PromptBatch:
                            self.texts[start:stop])
 
 
+_GENERATED: "weakref.WeakKeyDictionary[Any, dict[PromptPairs, list[TaskPrompt]]]" = weakref.WeakKeyDictionary()
+"""Generated prompt sets per tokenizer: generation is deterministic, and checking every answer
+of a set-valued task (greater-than's every later year) against the tokenizer costs more than a
+small model's forward pass, so each experiment on the same set must not pay it again."""
+
+
 def resolve_prompts(pairs: PromptPairs, tokenizer) -> list["TaskPrompt"]:
     """The prompts as `TaskPrompt` items (generated with ``tokenizer`` when ``pairs.task`` is set)."""
     from tools.tasks import get_task
@@ -150,10 +158,16 @@ def resolve_prompts(pairs: PromptPairs, tokenizer) -> list["TaskPrompt"]:
         return [TaskPrompt(clean=c, corrupted=x, answer=a, foil=f)
                 for c, x, a, f in zip(pairs.clean, corrupted, pairs.answer, pairs.foil)]
     try:
-        return get_task(pairs.task).generate(pairs.n, split=pairs.split, seed=pairs.seed,
-                                             tokenizer=tokenizer)
-    except UserInputError as error:
-        raise SpecError("prompts.task", str(error)) from None
+        cache = _GENERATED.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no cache
+        cache = {}
+    if pairs not in cache:
+        try:
+            cache[pairs] = get_task(pairs.task).generate(pairs.n, split=pairs.split, seed=pairs.seed,
+                                                         tokenizer=tokenizer)
+        except UserInputError as error:
+            raise SpecError("prompts.task", str(error)) from None
+    return list(cache[pairs])
 
 
 def tokenize_prompts(
