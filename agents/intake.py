@@ -13,7 +13,10 @@ What the question leaves out is filled in by stated rules and written into the s
 missing foil is the other name of an IOI-like prompt, else the prompt's most frequent one-token
 word other than the answer; a missing corrupted prompt is the clean prompt with the answer and
 foil words swapped (kept only if the token count stays the same; ``derived_corrupted`` then
-says intake made it). Anything that cannot be grounded raises a one-line `UserInputError`
+says intake made it). A factual prompt that names an entity of a fact table (a country, a
+landmark) whose fact is the answer is corrupted by naming another entity instead, whose fact is
+the foil (`tools.tasks.perturb`): "The Eiffel Tower is located in the city of" -> "The
+Colosseum is located in the city of", foil " Rome". Anything that cannot be grounded raises a one-line `UserInputError`
 listing the accepted forms — intake never guesses a prompt.
 """
 
@@ -27,6 +30,7 @@ from collections.abc import Mapping
 from agents.behavior import BehaviorSpec
 from tools.errors import TokenizationError, UserInputError
 from tools.tasks import TaskGenerator, answer_token_id
+from tools.tasks.perturb import derive_entity_corruption
 from tools.tasks.declared import DECLARED_BEHAVIOURS
 
 ACCEPTED_FORMS = (
@@ -188,11 +192,26 @@ def _from_quotes(question: str, text: str, spans: list[tuple[int, int, str]], na
     if named:
         notes.append(f"the question also names {', '.join(named)}; the quoted prompt is used "
                      "(ask without quotes for generated prompts of that behaviour)")
-    if "foil" in roles:
-        foil_word = roles["foil"].strip()
-        if not foil_word:
-            raise UserInputError("the quoted foil is empty; quote the wrong completion to compare "
-                                 "with, as in rather than \"John\"")
+    foil_word = roles["foil"].strip() if "foil" in roles else None
+    if "foil" in roles and not foil_word:
+        raise UserInputError("the quoted foil is empty; quote the wrong completion to compare "
+                             "with, as in rather than \"John\"")
+    entity = None if "corrupted" in roles else derive_entity_corruption(prompt, answer_word, tokenizer, foil_word)
+    if entity is not None:
+        corrupted_text, entity_foil, replaced = entity
+        if foil_word is None:
+            foil_word = entity_foil
+            notes.append(f"foil {_continuation(prompt, foil_word)!r} inferred: the fact of the entity the "
+                         f"corrupted prompt names instead of {replaced!r}")
+        else:
+            notes.append(f"foil {_continuation(prompt, foil_word)!r} read from the question")
+        notes.append(f"corrupted prompt derived by intake, not given: {corrupted_text!r}, the clean prompt "
+                     f"with the entity {replaced!r} (whose fact is the answer) replaced by one whose fact is "
+                     f"the foil; same token count")
+        return BehaviorSpec(question=question, prompts=(prompt,), answers=(answer,),
+                            foils=(_continuation(prompt, foil_word),), corrupted=(corrupted_text,),
+                            derived_corrupted=True, notes=tuple(notes))
+    if foil_word is not None:
         notes.append(f"foil {_continuation(prompt, foil_word)!r} read from the question")
     else:
         foil_word, note = _infer_foil(prompt, answer_word, tokenizer)

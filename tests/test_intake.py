@@ -208,8 +208,18 @@ def test_derived_corrupted_with_a_quoted_foil_absent_from_the_prompt(tiny_tok):
     assert len(ids(tiny_tok, spec.corrupted[0])) == len(ids(tiny_tok, spec.prompts[0]))
 
 
-def test_no_corrupted_prompt_when_the_answer_is_not_in_the_prompt(organism_tok):
+def test_a_factual_prompt_is_corrupted_by_naming_another_entity(organism_tok):
     spec = intake('Why does the model complete "The capital of France is" with "Paris" rather than "London"?',
+                  tokenizer=organism_tok)
+    assert spec.corrupted == ("The capital of England is",) and spec.derived_corrupted is True
+    assert spec.foils == (" London",)
+    unforced = intake('Why does the model complete "The capital of France is" with "Paris"?', tokenizer=organism_tok)
+    assert unforced.derived_corrupted and unforced.corrupted[0] != unforced.prompts[0]
+    assert unforced.foils[0] != " Paris" and any("entity 'France'" in note for note in unforced.notes)
+
+
+def test_no_corrupted_prompt_when_the_answer_is_not_in_the_prompt(organism_tok):
+    spec = intake('Why does the model complete "Mary said that" with "she" rather than "he"?',
                   tokenizer=organism_tok)
     assert spec.corrupted == () and spec.derived_corrupted is False
     assert any("no corrupted prompt" in note for note in spec.notes)

@@ -44,3 +44,21 @@ VERBS_PAST = (
 )
 PLACES = ("store", "park", "office", "school", "beach", "library", "station", "museum", "house", "farm")
 OBJECTS = ("drink", "ball", "book", "letter", "gift", "key", "ring", "snack", "cake", "coin")
+
+# (landmark, the city it is in); single-word cities. Factual-recall questions about a landmark
+# ("The Eiffel Tower is located in the city of" -> " Paris") are corrupted and varied with these.
+LANDMARKS = (
+    ("Eiffel Tower", "Paris"), ("Colosseum", "Rome"), ("Big Ben", "London"),
+    ("Brandenburg Gate", "Berlin"), ("Kremlin", "Moscow"), ("Acropolis", "Athens"),
+    ("Sagrada Familia", "Barcelona"), ("Louvre", "Paris"), ("Parthenon", "Athens"),
+    ("Space Needle", "Seattle"), ("Taj Mahal", "Agra"), ("Forbidden City", "Beijing"),
+    ("Sydney Opera House", "Sydney"), ("Vatican", "Rome"), ("Trevi Fountain", "Rome"),
+    ("Buckingham Palace", "London"), ("Red Square", "Moscow"), ("Hagia Sophia", "Istanbul"),
+    ("Alhambra", "Granada"), ("Prado Museum", "Madrid"), ("Atomium", "Brussels"),
+    ("Charles Bridge", "Prague"), ("Blue Mosque", "Istanbul"), ("Pantheon", "Rome"),
+    ("Notre Dame", "Paris"), ("Westminster Abbey", "London"), ("CN Tower", "Toronto"),
+    ("Burj Khalifa", "Dubai"), ("Rijksmuseum", "Amsterdam"), ("Tivoli Gardens", "Copenhagen"),
+    ("Tokyo Tower", "Tokyo"), ("Reichstag", "Berlin"), ("Uffizi Gallery", "Florence"),
+    ("Rialto Bridge", "Venice"), ("Hermitage Museum", "Petersburg"), ("Little Mermaid statue", "Copenhagen"),
+    ("Belém Tower", "Lisbon"), ("Wawel Castle", "Krakow"), ("Schönbrunn Palace", "Vienna"),
+)
