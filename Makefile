@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The main job: a real investigation of the default model, gemma-3-270m (offline), then its report
 demo: $(STAMP)
-	$(VENV)/bin/sleuth check --model organism-default --task all
-	$(VENV)/bin/sleuth check --model organism-planted --task all
-	$(VENV)/bin/sleuth check --model gemma-3-270m --task all
+	$(VENV)/bin/sleuth ask "indirect object identification" --workspace sleuth-workspace
+	$(VENV)/bin/sleuth report latest --workspace sleuth-workspace
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15

@@ -149,20 +149,25 @@ def _print_summary(out: dict, as_json: bool) -> None:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
+    from agents.budget import Budget
     from agents.investigate import ask
+    from agents.progress import Progress
 
+    budget = Budget.from_flags(max_experiments=args.max_experiments, max_time=args.max_time,
+                               max_tokens=args.max_tokens, max_dollars=args.max_dollars)
     out = ask(args.question, model=args.model, spec_file=args.spec, workspace=args.workspace,
-              chroma_url=args.chroma_url, seed=args.seed, n=args.n, max_experiments=args.max_experiments,
-              max_time=args.max_time, lock_timeout=args.lock_timeout)
+              chroma_url=args.chroma_url, seed=args.seed, n=args.n, budget=budget, brain=args.brain,
+              remote=args.remote, lock_timeout=args.lock_timeout, progress=Progress())
     _print_summary(out, args.json)
     return 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from agents.investigate import resume
+    from agents.progress import Progress
 
     _print_summary(resume(args.run_id, workspace=args.workspace, chroma_url=args.chroma_url,
-                          lock_timeout=args.lock_timeout), args.json)
+                          lock_timeout=args.lock_timeout, progress=Progress()), args.json)
     return 0
 
 
@@ -175,8 +180,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported like every other: one line, exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        print(f"sleuth: error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sleuth", description="circuitsleuth: an autonomous interpretability lab")
+    p = _Parser(prog="sleuth", description="circuitsleuth: an autonomous interpretability lab")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -218,10 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--model", default=DEFAULT_MODEL, help="model folder, hub id, gemma-3-270m (default), organism-default")
     a.add_argument("--spec", default=None, metavar="FILE", help="a YAML/JSON behaviour spec instead of a question")
     a.add_argument("--seed", type=int, default=0, help="prompt-generator seed (default 0)")
-    a.add_argument("--n", type=int, default=64, help="prompts generated for a named behaviour (default 64)")
+    a.add_argument("--n", type=int, default=None,
+                   help="prompts per set (discovery, fresh): default 64 for models under 100M parameters, else 32")
+    a.add_argument("--brain", default="heuristic", choices=("heuristic", "openai"),
+                   help="who plans: the offline playbook (default) or an OpenAI-compatible LLM")
+    a.add_argument("--remote", action="store_true", help="run the model's traces on NDIF (needs NDIF_API_KEY)")
     a.add_argument("--max-experiments", type=int, default=None, help="stop after this many experiments")
     a.add_argument("--max-time", default=None, metavar="DURATION",
                    help="stop planning after this much wall time (8h, 1h30m, 90s); the report says what is left")
+    a.add_argument("--max-tokens", type=int, default=None, help="LLM brains: stop after this many tokens")
+    a.add_argument("--max-dollars", type=float, default=None, help="LLM brains: stop after this much spend")
     rs = sub.add_parser("resume", help="continue a killed or interrupted run from its last checkpoint")
     rs.add_argument("run_id", metavar="RUN_ID")
     for writer, command in ((a, _cmd_ask), (rs, _cmd_resume)):  # both write to a workspace
@@ -233,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         writer.set_defaults(func=command)
 
     rp = sub.add_parser("report", help="print a run's report")
-    rp.add_argument("run_id", metavar="RUN_ID")
+    rp.add_argument("run_id", metavar="RUN_ID", help="a run id, or 'latest' for the workspace's newest run")
     rp.add_argument("--format", default="md", help="md (default)")
     rp.add_argument("--workspace", default=None, help=workspace_help)
     rp.set_defaults(func=_cmd_report)

@@ -1,63 +1,73 @@
-"""The critic's experiments for a claim about a set of components, and its verdict rule.
+"""The critic: every claim re-measured by fresh experiments, with controls, CIs and Holm.
 
-A worker's claim about a component set carries a pre-registered prediction: *ablating the set
-removes at least ``threshold`` of the behaviour* (necessity) or *the set alone keeps at least
-``threshold`` of it* (faithfulness). The critic does not read the claim's text; it measures,
-on prompts never used to find the set (a fresh seed of the task generator):
+The critic does not read a claim's text; it measures its score (`agents.claims`) on prompts
+never used to find it (a fresh seed of the task generator, or perturbations of the user's
+prompts), with:
 
-1. **replication** — the claimed score with the claim's own ablation (``method``: the one the
-   set was found with), and a bootstrap 95% CI over prompts (`tools.stats.ratio_bootstrap_ci`:
-   scores are ratios of means);
-2. **a second ablation type** — the same score with the other of mean and resample ablation,
-   so the finding does not hang on one choice of "removed";
-3. **a control** — ``n_controls`` random sets of the same size drawn from the other components
-   of the universe, with the claim's ablation; the claimed set must beat every one of them;
-4. **a p-value** — one-sided shifted bootstrap of the per-prompt score against the threshold;
-   `holm_adjust` corrects the p-values of all claims of a run together.
+1. **replication** — the claimed score with the claim's own method, and a bootstrap 95% CI
+   over prompts (`tools.stats.ratio_bootstrap_ci`: every score is a ratio of means);
+2. **a second method**, so the finding does not hang on one choice:
 
-Verdict (`verdict_for`): **supported** when both ablation types put their whole CI above the
-threshold, the set beats every control, and the Holm-adjusted p-value is below alpha;
-**refuted** when the replication CI lies wholly below the threshold; **inconclusive** otherwise
-(for instance a circuit faithful under resample ablation but not under mean ablation: the
-report shows both numbers).
-Every experiment goes through ``run.experiment`` (the workspace's cache), so re-testing a claim
-after a crash pays nothing twice.
+   ===============  ===========================================================
+   kind             second method
+   ===============  ===========================================================
+   set claims       the other ablation (mean for resample, resample for mean)
+   direct, path     path patching in the other direction (denoising for noising)
+   routing          patching in the other direction (noising for denoising)
+   steering         the direction re-estimated on the fresh prompts themselves
+   ===============  ===========================================================
+
+3. **controls** — ``n_controls`` random component sets of the same size (for routing: other
+   positions of the same layer; for steering: random directions of the same norm), scored
+   the same way; the claim must beat every one;
+4. **a p-value** — one-sided shifted bootstrap of the score (the ratio of means, resampled as
+   for the CI) against the threshold; `holm_adjust` corrects the p-values of all claims of a
+   run together.
+
+Verdict (`verdict_for`): **supported** when both methods put their whole CI above the
+threshold, every control is beaten, and the Holm-adjusted p-value is below alpha; **refuted**
+when the replication CI lies wholly below the threshold; **inconclusive** otherwise (the
+report shows every number). Every experiment goes through ``run.experiment`` (the workspace's
+cache), so re-testing a claim after a crash pays nothing twice.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from agents.claims import AnyClaim, DirectClaim, PathClaim, RoutingClaim, SetClaim, SteeringClaim
+from agents.positions import scope_positions
+from tools.components import parse_component
 from tools.errors import UserInputError
-from tools.experiments.ablation import AblationResult, AblationSpec, universe_components
-from tools.experiments.prompts import PromptPairs
-from tools.stats import Interval, Verdict, bootstrap_pvalue, holm, random_component_sets, ratio_bootstrap_ci
+from tools.experiments import (
+    AblationSpec,
+    ActivationPatchingSpec,
+    PatchSweep,
+    PathPatchingSpec,
+    PromptPairs,
+    SteeringSpec,
+)
+from tools.experiments.ablation import AblationResult, universe_components
+from tools.experiments.steering import MeanDifferenceDirection
+from tools.stats import (
+    Interval,
+    Verdict,
+    holm,
+    random_component_sets,
+    ratio_bootstrap_ci,
+    ratio_bootstrap_pvalue,
+)
 
 if TYPE_CHECKING:
     from memory.runstore import Run
     from tools.loading import LoadedModel
 
-ClaimKind = Literal["necessity", "faithfulness"]
-
-
-class SetClaim(BaseModel):
-    """A claim that a set of components is necessary for, or sufficient to keep, a behaviour."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    id: str
-    components: tuple[str, ...]
-    kind: ClaimKind
-    threshold: float
-    """The pre-registered prediction: the score is at least this (a fraction of the behaviour)."""
-    method: Literal["mean", "resample"] = "mean"
-    """The ablation the set was found with; the critic replicates with it and checks the other."""
-    universe: tuple[Literal["head", "mlp"], ...] = ("head", "mlp")
-    """What takes part in the ablations (`AblationSpec.universe`): ``("head",)`` keeps every MLP
-    intact, the usual convention for attention circuits such as IOI. Controls are drawn from it."""
+Terms = tuple[np.ndarray, np.ndarray]
+"""Per-prompt numerator and denominator whose means' ratio is a score."""
 
 
 class ClaimTest(BaseModel):
@@ -65,58 +75,56 @@ class ClaimTest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    claim: SetClaim
+    claim: AnyClaim
     replication: Interval
-    """The claimed score on fresh prompts, with the claim's ablation."""
+    """The claimed score on fresh prompts, with the claim's own method."""
     second_ablation: Interval
-    """The same score with the other ablation (resample for mean, mean for resample)."""
+    """The same score by the second method (see the module docstring)."""
+    second_method: str
     controls: tuple[float, ...]
-    """The score of each random set of equal size (the claim's ablation, same prompts)."""
+    """The score of each control (random sets of equal size, other positions, random directions)."""
+    control_kind: str
     p_value: float
     adjusted_p: float | None = None
     """Holm-adjusted across the run's claims (`holm_adjust`); None until adjusted."""
     n: int
     evidence: tuple[str, ...]
-    """Experiment keys: replication, second ablation, then each control."""
+    """Experiment keys: replication, second method, then the controls."""
 
     @property
     def beats_controls(self) -> bool:
         return all(self.replication.estimate > c for c in self.controls)
 
 
-def examine_claim(run: "Run", model: "LoadedModel", claim: SetClaim, prompts: PromptPairs, *,
-               n_controls: int = 3, seed: int = 0, n_resamples: int = 2000) -> ClaimTest:
+@dataclass(frozen=True)
+class _Measured:
+    main: Terms
+    second: Terms
+    second_method: str
+    controls: list[float]
+    control_kind: str
+    evidence: list[str]
+
+
+def examine_claim(run: "Run", model: "LoadedModel", claim: AnyClaim, prompts: PromptPairs, *,
+                  n_controls: int = 3, seed: int = 0, n_resamples: int = 2000) -> ClaimTest:
     """Run the critic's experiments for ``claim`` on ``prompts`` (fresh ones: the caller draws
-    them from a seed never used to find the set) and return the measurements."""
-    if not claim.components:
+    them from a seed never used to find the claim) and return the measurements."""
+    if not claim.components and not isinstance(claim, (RoutingClaim, SteeringClaim)):
         raise UserInputError(f"claim {claim.id}: names no components to test")
     if not prompts.has_corrupted:
-        raise UserInputError(f"claim {claim.id}: resample ablation needs corrupted prompts; "
-                             "give a task or corrupted prompts")
-    mode = "ablate" if claim.kind == "necessity" else "keep"
-
-    def measure(components: Sequence[str], method: str) -> AblationResult:
-        spec = AblationSpec(prompts=prompts, components=tuple(components), method=method, mode=mode,
-                            universe=claim.universe)
-        return run.experiment(model, spec)
-
-    other = "resample" if claim.method == "mean" else "mean"
-    main = measure(claim.components, claim.method)
-    second = measure(claim.components, other)
-    pool = [str(c) for c in universe_components(claim.universe, model.adapter.n_layers, model.adapter.n_heads)]
-    # the claimed set as the ablation read it (``attn.L`` is its heads): ablated, or kept
-    claimed = set(main.ablated) if mode == "ablate" else set(pool) - set(main.ablated)
-    sets = random_component_sets(pool, len(claimed), n_controls, exclude=sorted(claimed), seed=seed)
-    controls = [measure(s, claim.method) for s in sets]
-    numerator, denominator = _score_terms(main, claim.kind)
+        raise UserInputError(f"claim {claim.id}: the critic's experiments compare clean and corrupted "
+                             "runs, so it needs corrupted prompts; give a task or corrupted prompts")
+    measure: Callable[..., _Measured] = _MEASURES[type(claim)]
+    m = measure(run, model, claim, prompts, n_controls=n_controls, seed=seed)
+    numerator, denominator = m.main
     replication = ratio_bootstrap_ci(numerator, denominator, seed=seed, n_resamples=n_resamples)
-    second_interval = ratio_bootstrap_ci(*_score_terms(second, claim.kind), seed=seed, n_resamples=n_resamples)
-    per_prompt = numerator / denominator.mean()
-    p_value = bootstrap_pvalue(per_prompt, threshold=claim.threshold, alternative="greater",
-                               seed=seed, n_resamples=n_resamples)
-    return ClaimTest(claim=claim, replication=replication, second_ablation=second_interval,
-                     controls=tuple(_score(c, claim.kind) for c in controls), p_value=p_value,
-                     n=replication.n, evidence=(main.key, second.key, *(c.key for c in controls)))
+    second = ratio_bootstrap_ci(*m.second, seed=seed, n_resamples=n_resamples)
+    p_value = ratio_bootstrap_pvalue(numerator, denominator, threshold=claim.threshold, seed=seed,
+                                     n_resamples=n_resamples)
+    return ClaimTest(claim=claim, replication=replication, second_ablation=second,
+                     second_method=m.second_method, controls=tuple(m.controls), control_kind=m.control_kind,
+                     p_value=p_value, n=replication.n, evidence=tuple(m.evidence))
 
 
 def holm_adjust(tests: Sequence[ClaimTest]) -> list[ClaimTest]:
@@ -139,15 +147,155 @@ def verdict_for(test: ClaimTest, *, alpha: float = 0.05) -> Verdict:
     return "inconclusive"
 
 
-def _score_terms(result: AblationResult, kind: ClaimKind) -> tuple[np.ndarray, np.ndarray]:
-    """Per-prompt numerator and denominator whose means give the result's score."""
+# -- set claims: ablation --------------------------------------------------------------------
+
+
+def _measure_set(run: "Run", model: "LoadedModel", claim: SetClaim, prompts: PromptPairs, *,
+                 n_controls: int, seed: int) -> _Measured:
+    mode = "ablate" if claim.kind == "necessity" else "keep"
+    positions = claim.positions
+    if positions is None and claim.scope == "changed_onward":
+        positions = scope_positions(model, prompts)
+
+    def measure(components: Sequence[str], method: str) -> AblationResult:
+        spec = AblationSpec(prompts=prompts, components=tuple(components), method=method, mode=mode,
+                            universe=claim.universe, positions=positions)
+        return run.experiment(model, spec)
+
+    other = "resample" if claim.method == "mean" else "mean"
+    main = measure(claim.components, claim.method)
+    second = measure(claim.components, other)
+    pool = [str(c) for c in universe_components(claim.universe, model.adapter.n_layers, model.adapter.n_heads)]
+    # the claimed set as the ablation read it (``attn.L`` is its heads): ablated, or kept
+    claimed = set(main.ablated) if mode == "ablate" else set(pool) - set(main.ablated)
+    sets = control_sets(pool, claimed, n_controls, seed=seed)
+    controls = [measure(s, claim.method) for s in sets]
+    return _Measured(main=_ablation_terms(main, claim.kind), second=_ablation_terms(second, claim.kind),
+                     second_method=f"{other} ablation",
+                     controls=[_ratio(_ablation_terms(c, claim.kind)) for c in controls],
+                     control_kind=f"random sets of {len(claimed)} from the {'+'.join(claim.universe)} universe",
+                     evidence=[main.key, second.key, *(c.key for c in controls)])
+
+
+def control_sets(pool: Sequence[str], claimed: set[str], k: int, *, seed: int) -> list[list[str]]:
+    """``k`` random sets of ``len(claimed)`` components: disjoint from the claimed set when the
+    pool allows it, else drawn from the whole pool (a large circuit against random sets of its
+    size that overlap it), never the claimed set itself."""
+    size = len(claimed)
+    if len(set(pool) - claimed) >= size:
+        return random_component_sets(pool, size, k, exclude=sorted(claimed), seed=seed)
+    drawn = random_component_sets(pool, size, k + 1, seed=seed)
+    return [s for s in drawn if set(s) != claimed][:k]
+
+
+def _ablation_terms(result: AblationResult, kind: str) -> Terms:
     t = {k: v.double().numpy() for k, v in result.tensors.items()}
     clean, ablated, everything = t["clean_logit_diff"], t["ablated_logit_diff"], t["everything_ablated_logit_diff"]
     numerator = clean - ablated if kind == "necessity" else ablated - everything
     return numerator, clean - everything
 
 
-def _score(result: AblationResult, kind: ClaimKind) -> float:
-    numerator, denominator = _score_terms(result, kind)
+# -- direct and path claims: path patching -----------------------------------------------------
+
+
+def _measure_paths(run: "Run", model: "LoadedModel", claim: DirectClaim | PathClaim, prompts: PromptPairs, *,
+                   n_controls: int, seed: int) -> _Measured:
+    receivers = ("logits",) if isinstance(claim, DirectClaim) else claim.receivers
+    if isinstance(claim, DirectClaim):
+        pool = [str(c) for c in universe_components(("head", "mlp"), model.adapter.n_layers, model.adapter.n_heads)]
+    else:
+        first = min(parse_component(r.rsplit(".", 1)[0]).layer for r in receivers)
+        pool = [f"head.{layer}.{h}" for layer in range(first) for h in range(model.adapter.n_heads)]
+    sets = control_sets(pool, set(claim.components), n_controls, seed=seed)
+    main = run.experiment(model, PathPatchingSpec(prompts=prompts, receivers=receivers, senders=(),
+                                                  sender_sets=(claim.components, *map(tuple, sets))))
+    second = run.experiment(model, PathPatchingSpec(prompts=prompts, receivers=receivers, senders=(),
+                                                    sender_sets=(claim.components,), mode="denoising"))
+    controls = [_ratio(_path_terms(main, i, "noising")) for i in range(1, 1 + len(sets))]
+    return _Measured(main=_path_terms(main, 0, "noising"), second=_path_terms(second, 0, "denoising"),
+                     second_method="denoising path patching", controls=controls,
+                     control_kind=f"random sets of {len(claim.components)} senders",
+                     evidence=[main.key, second.key])
+
+
+def _path_terms(result, index: int, mode: str) -> Terms:
+    t = result.tensors
+    clean, corrupted = t["clean_logit_diff"].double().numpy(), t["corrupted_logit_diff"].double().numpy()
+    patched = t["logit_diff.sets"][index].double().numpy()
+    numerator = clean - patched if mode == "noising" else patched - corrupted
+    return numerator, clean - corrupted
+
+
+# -- routing claims: residual patching -----------------------------------------------------------
+
+
+def _measure_routing(run: "Run", model: "LoadedModel", claim: RoutingClaim, prompts: PromptPairs, *,
+                     n_controls: int, seed: int) -> _Measured:
+    from tools.experiments.prompts import tokenize_prompts
+
+    shortest = int(tokenize_prompts(model, prompts, need_corrupted=True, aligned=True).lengths.min())
+    others = [p for p in range(-shortest + 1, 0) if p != claim.position]  # never the first token
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(others, size=min(n_controls, len(others)), replace=False).tolist())
+    positions = (claim.position, *chosen)
+    sweep = (PatchSweep(site="resid_pre", per_position=True),)
+    main = run.experiment(model, ActivationPatchingSpec(prompts=prompts, sweeps=sweep, layers=(claim.layer,),
+                                                        positions=positions))
+    second = run.experiment(model, ActivationPatchingSpec(prompts=prompts, sweeps=sweep, layers=(claim.layer,),
+                                                          positions=(claim.position,), mode="noising"))
+    return _Measured(main=_resid_terms(main, 0, "denoising"), second=_resid_terms(second, 0, "noising"),
+                     second_method="noising (corrupted into clean)",
+                     controls=[_ratio(_resid_terms(main, i, "denoising")) for i in range(1, len(positions))],
+                     control_kind=f"other positions {', '.join(map(str, chosen))} of the same layer",
+                     evidence=[main.key, second.key])
+
+
+def _resid_terms(result, index: int, mode: str) -> Terms:
+    t = result.tensors
+    clean, corrupted = t["clean_logit_diff"].double().numpy(), t["corrupted_logit_diff"].double().numpy()
+    patched = t["logit_diff.resid_pre_by_pos"][0, index].double().numpy()
+    numerator = patched - corrupted if mode == "denoising" else clean - patched
+    return numerator, clean - corrupted
+
+
+# -- steering claims --------------------------------------------------------------------------
+
+
+def _measure_steering(run: "Run", model: "LoadedModel", claim: SteeringClaim, prompts: PromptPairs, *,
+                      n_controls: int, seed: int) -> _Measured:
+    def steer(direction: MeanDifferenceDirection, control_seed: int):
+        return run.experiment(model, SteeringSpec(prompts=prompts, direction=direction, site=claim.site,
+                                                  positions=(claim.position,), alphas=(-1.0,),
+                                                  control=True, control_seed=control_seed))
+
+    from tools.experiments.prompts import resolve_prompts
+
+    items = resolve_prompts(claim.estimated_on, model.tokenizer)
+    discovered = MeanDifferenceDirection(site=claim.site, position=claim.position,
+                                         positive=tuple(i.clean for i in items),
+                                         negative=tuple(i.corrupted for i in items))
+    runs = [steer(discovered, seed * 1000 + i) for i in range(max(1, n_controls))]
+    second = steer(MeanDifferenceDirection(site=claim.site, position=claim.position), seed * 1000)
+    main = runs[0]
+    controls = [_ratio(_steer_terms(r, "control_logit_diff")) for r in runs]
+    return _Measured(main=_steer_terms(main, "logit_diff"), second=_steer_terms(second, "logit_diff"),
+                     second_method="direction re-estimated on the fresh prompts",
+                     controls=controls[:n_controls], control_kind="random directions of the same norm",
+                     evidence=[main.key, second.key, *(r.key for r in runs[1:])])
+
+
+def _steer_terms(result, name: str) -> Terms:
+    baseline = result.tensors["baseline_logit_diff"].double().numpy()
+    steered = result.tensors[name][0].double().numpy()
+    return baseline - steered, baseline
+
+
+def _ratio(terms: Terms) -> float:
+    numerator, denominator = terms
     return float(numerator.mean() / denominator.mean())
 
+
+_MEASURES = {SetClaim: _measure_set, DirectClaim: _measure_paths, PathClaim: _measure_paths,
+             RoutingClaim: _measure_routing, SteeringClaim: _measure_steering}
+
+__all__ = ["ClaimTest", "SetClaim", "examine_claim", "holm_adjust", "verdict_for"]

@@ -1,7 +1,7 @@
 """Start, resume and finish an investigation: the glue between the CLI, memory and the graph.
 
-A run's settings (the model it was asked about, the behaviour as intake read it, the budget)
-are in ``run.json`` before the graph starts, and the graph's checkpoints are in
+A run's settings (the model it was asked about, the behaviour as intake read it, the brain,
+the budget) are in ``run.json`` before the graph starts, and the graph's checkpoints are in
 ``runs/<id>/checkpoints.sqlite`` (written synchronously at every step), so `resume` needs only
 the run id: it reloads the model, rebuilds the graph and continues from the last checkpoint.
 """
@@ -12,47 +12,67 @@ import asyncio
 from typing import Any
 
 from agents.behavior import BehaviorSpec, load_spec_file
-from agents.budget import parse_duration
-from agents.graph import RECURSION_LIMIT, HeuristicBrain, Toolbox, build_graph
+from agents.budget import Budget
+from agents.graph import RECURSION_LIMIT, build_graph
 from agents.intake import intake
+from agents.playbook import HeuristicBrain
+from agents.progress import Progress
+from agents.steps import Toolbox
 from memory.session import Memory
-from tools.tasks.declared import declared_tasks
 from tools.errors import UserInputError
+from tools.tasks.declared import declared_tasks
+
+BRAINS = ("heuristic", "openai")
+SMALL_MODEL_PARAMETERS = 100_000_000
+"""Models with fewer parameters get ``n = 64`` prompts per set by default, larger ones 32."""
 
 
 def ask(question: str, *, model: str, spec_file: str | None = None, workspace: str | None = None,
-        chroma_url: str | None = None, seed: int = 0, n: int = 64,
-        max_experiments: int | None = None, max_time: str | None = None,
-        lock_timeout: float | None = None) -> dict[str, Any]:
+        chroma_url: str | None = None, seed: int = 0, n: int | None = None, budget: Budget | None = None,
+        brain: str = "heuristic", remote: bool = False, lock_timeout: float | None = None,
+        progress: Progress | None = None) -> dict[str, Any]:
     """Run a new investigation to the end; return the summary ``sleuth ask --json`` prints."""
     from tools.loading import load_model
 
-    if max_experiments is not None and max_experiments < 1:
-        raise UserInputError(f"--max-experiments must be at least 1, not {max_experiments}")
-    max_seconds = parse_duration(max_time) if max_time is not None else None
+    budget = budget or Budget()
+    if brain not in BRAINS:
+        raise UserInputError(f"unknown brain {brain!r}; use one of {', '.join(BRAINS)}")
+    if n is not None and n < 1:
+        raise UserInputError(f"--n must be at least 1, not {n}")
     if not question.strip() and spec_file is None:
         raise UserInputError("ask needs a question (or --spec FILE)")
+    behavior = load_spec_file(spec_file) if spec_file is not None else None
+    # everything that can be wrong with the question is found before the workspace is opened
+    loaded = _load(load_model, model, remote)
+    context = getattr(loaded.hf_model.config, "max_position_embeddings", None)
+    declared = declared_tasks(loaded.source)
+    prompts_n = n or (64 if _parameters(loaded) < SMALL_MODEL_PARAMETERS else 32)
+    if behavior is not None:
+        if n is not None and behavior.task is not None:
+            behavior = behavior.model_copy(update={"n": n})
+        behavior.check(loaded.tokenizer, context, generator=declared.get(behavior.task or ""))
+    else:
+        behavior = intake(question, tokenizer=loaded.tokenizer, n=prompts_n, seed=seed, max_length=context,
+                          declared=declared)
+    if behavior.task is None and not behavior.corrupted:
+        reason = next((note for note in behavior.notes if note.startswith("no corrupted prompt")),
+                      "no corrupted prompt")
+        raise UserInputError(f"{reason.split('; give')[0]}; the experiments compare clean and corrupted runs, "
+                             "so quote one (corrupted: \"...\") or give one in a spec file")
+    if behavior.task is None:
+        behavior = behavior.model_copy(update={"n": prompts_n})
     with Memory.open(workspace, writer=True, chroma_url=chroma_url, lock_timeout=lock_timeout) as memory:
-        loaded = load_model(model)
-        context = getattr(loaded.hf_model.config, "max_position_embeddings", None)
-        declared = declared_tasks(loaded.source)
-        if spec_file is not None:
-            behavior = load_spec_file(spec_file)
-            behavior.check(loaded.tokenizer, context, generator=declared.get(behavior.task or ""))
-        else:
-            behavior = intake(question, tokenizer=loaded.tokenizer, n=n, seed=seed, max_length=context,
-                              declared=declared)
         run = memory.runs.create(question or behavior.question, loaded.model_id, weights_hash=loaded.weights_hash,
                                  settings={"model": model, "behavior": behavior.model_dump(mode="json"),
-                                           "max_experiments": max_experiments, "max_seconds": max_seconds,
-                                           "brain": HeuristicBrain.name})
+                                           "budget": budget.model_dump(mode="json"), "brain": brain,
+                                           "remote": remote})
         run.update(status="running")
         return _drive(memory, run, loaded, behavior, {"run_id": run.id, "behavior": behavior.model_dump(mode="json"),
-                                                      "phase": "confirm", "outcomes": []})
+                                                      "phase": "confirm", "outcomes": []}, progress)
 
 
 def resume(run_id: str, *, workspace: str | None = None, chroma_url: str | None = None,
-           lock_timeout: float | None = None) -> dict[str, Any]:
+           lock_timeout: float | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Continue a run from its last checkpoint (a finished run just returns its summary)."""
     from tools.loading import load_model
 
@@ -61,38 +81,61 @@ def resume(run_id: str, *, workspace: str | None = None, chroma_url: str | None 
         settings = run.record.settings
         if "behavior" not in settings:
             raise UserInputError(f"run {run_id} was not started by `sleuth ask`; nothing to resume")
-        loaded = load_model(settings["model"])
+        if run.record.status in ("answered", "budget_exhausted", "degraded"):
+            return summary(run)
+        loaded = _load(load_model, settings["model"], settings.get("remote", False))
         if loaded.weights_hash != run.record.weights_hash:
             raise UserInputError(f"the weights of {settings['model']!r} changed since run {run_id} started; "
                                  "start a new run instead")
         behavior = BehaviorSpec.model_validate(settings["behavior"])
-        if run.record.status in ("answered", "budget_exhausted"):
-            return summary(run)
         run.update(status="running")
-        return _drive(memory, run, loaded, behavior, None)
+        return _drive(memory, run, loaded, behavior, None, progress)
 
 
-def _drive(memory: Memory, run, loaded, behavior: BehaviorSpec, state: dict[str, Any] | None) -> dict[str, Any]:
-    toolbox = Toolbox(model=loaded, run=run, behavior=behavior,
-                      max_experiments=run.record.settings.get("max_experiments"),
-                      max_seconds=run.record.settings.get("max_seconds"))
+def _load(load_model, name: str, remote: bool):
+    loaded = load_model(name)
+    if remote:
+        from tools.backends import NDIFBackend
+
+        loaded = loaded.with_backend(NDIFBackend())
+    return loaded
+
+
+def _parameters(loaded) -> int:
+    return sum(p.numel() for p in loaded.hf_model.parameters())
+
+
+def make_brain(name: str):
+    if name == "heuristic":
+        return HeuristicBrain()
+    raise UserInputError(f"the {name!r} brain is not available in this build; use --brain heuristic")
+
+
+def _drive(memory: Memory, run, loaded, behavior: BehaviorSpec, state: dict[str, Any] | None,
+           progress: Progress | None) -> dict[str, Any]:
+    settings = run.record.settings
+    budget = Budget.model_validate(settings.get("budget") or {})
+    toolbox = Toolbox(model=loaded, run=run, behavior=behavior, max_experiments=budget.max_experiments,
+                      max_seconds=budget.max_seconds, memory=memory.vectors,
+                      progress=progress or Progress(enabled=False))
+    brain = make_brain(settings.get("brain", "heuristic"))
     try:
-        asyncio.run(_invoke(toolbox, run, state))
+        asyncio.run(_invoke(brain, toolbox, run, state))
     except KeyboardInterrupt:
-        run.update(status="interrupted")
+        run.update(status="interrupted", cost={"wall_s": toolbox.elapsed()})
         raise
-    for claim in run.claims():
-        memory.vectors.add_claim(claim)
+    finally:
+        toolbox.progress.close()
     memory.vectors.add_question(run.record.question, run_id=run.id, model_id=loaded.model_id,
                                 answer=run.record.answer, status=run.record.status)
     return summary(run)
 
 
-async def _invoke(toolbox: Toolbox, run, state: dict[str, Any] | None) -> None:
+async def _invoke(brain, toolbox: Toolbox, run, state: dict[str, Any] | None) -> None:
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     async with AsyncSqliteSaver.from_conn_string(str(run.folder / "checkpoints.sqlite")) as saver:
-        graph = build_graph(HeuristicBrain(), toolbox, saver)
+        graph = build_graph(brain, toolbox, saver)
         config = {"configurable": {"thread_id": run.id}, "recursion_limit": RECURSION_LIMIT}
         await graph.ainvoke(state, config, durability="sync")
 
@@ -102,7 +145,13 @@ def report_text(run_id: str, *, workspace: str | None = None) -> str:
     from memory.runstore import RunStore
     from memory.workspace import Workspace
 
-    run = RunStore(Workspace.open(workspace)).open(run_id)
+    store = RunStore(Workspace.open(workspace))
+    if run_id == "latest":
+        ids = sorted(r.id for r in store.list() if not r.damaged)
+        if not ids:
+            raise UserInputError("the workspace has no runs yet; `sleuth ask` starts one")
+        run_id = ids[-1]
+    run = store.open(run_id)
     path = run.folder / "reports" / "report.md"
     if not path.exists():
         raise UserInputError(f"run {run_id} has no report yet (status {run.record.status}); "
@@ -112,12 +161,15 @@ def report_text(run_id: str, *, workspace: str | None = None) -> str:
 
 def summary(run) -> dict[str, Any]:
     """What ``sleuth ask --json`` ends with."""
+    from agents.report import ordered
+
     r = run.record
     report = run.folder / "reports" / "report.md"
+    html = run.folder / "reports" / "report.html"
     return {"run_id": r.id, "status": r.status, "answer": r.answer,
-            "claims": [{"statement": c.statement, "components": c.components, "verdict": c.verdict,
-                        "effect": c.effect, "ci": [c.ci_low, c.ci_high], "n": c.n} for c in run.claims()],
-            "report": {"md": str(report) if report.exists() else None, "html": None},
+            "claims": [{"id": c.id, "statement": c.statement, "components": c.components, "verdict": c.verdict,
+                        "effect": c.effect, "ci": [c.ci_low, c.ci_high], "n": c.n} for c in ordered(run.claims())],
+            "report": {"md": str(report) if report.exists() else None, "html": str(html) if html.exists() else None},
             "cost": {"experiments": r.cost.experiments, "forward_passes": r.cost.forward_passes,
                      "wall_s": round(r.cost.wall_s, 2), "tokens": r.cost.tokens_in + r.cost.tokens_out,
                      "dollars": r.cost.dollars}}

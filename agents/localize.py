@@ -6,17 +6,23 @@
 - `rank_components` ranks every head and MLP by |effect|: by activation patching when that is
   affordable (``exact_budget`` forward-pass variants), else by attribution patching (two
   forwards and one backward for all of them), confirming the top candidates by activation
-  patching of those components alone.
+  patching of those components alone. A component is *significant* when its effect is at
+  least ``min_effect`` and its per-prompt effects put a 99% normal confidence interval
+  clear of zero; only significant components are candidates for the circuit first.
 - `grow_circuit` takes the ranking and returns the smallest prefix whose faithfulness (the
   share of the logit difference kept when every other component of the universe is ablated)
-  reaches the target, with every size it tried.
+  reaches the target under *every* ablation method asked for (resample and mean by default,
+  so the circuit does not hang on one choice of "removed"), with every size it tried. Up to
+  ``linear_limit`` candidates it tries sizes 1, 2, 3, ...; beyond, it doubles the size until
+  the target is reached and then bisects (faithfulness of a prefix is close to monotone in
+  practice, not in principle: the sizes tried are reported).
 
 All experiments go through ``run.experiment``: cached by content hash, counted in ``run.json``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -48,6 +54,8 @@ class Ranking(BaseModel):
     method: Literal["activation_patching", "attribution_patching"]
     confirmed: tuple[tuple[str, float], ...] = ()
     """Activation-patching effects of the top candidates (attribution rankings only)."""
+    significant: tuple[str, ...] = ()
+    """Components whose effect is clearly non-zero (see the module docstring), in rank order."""
     evidence: tuple[str, ...]
 
     @property
@@ -62,12 +70,17 @@ class CircuitSearch(BaseModel):
 
     components: tuple[str, ...]
     faithfulness: float | None
+    """The smallest faithfulness over the methods (None: not normalisable)."""
+    by_method: dict[str, float | None]
+    """Faithfulness of the chosen circuit under each method."""
     target: float
     reached: bool
     tried: tuple[tuple[int, float | None], ...]
-    """(size, faithfulness) for every prefix size evaluated, in order."""
-    method: str
+    """(size, smallest faithfulness over the methods) for every prefix size evaluated, in order."""
+    methods: tuple[str, ...]
     universe: Universe
+    positions: tuple[int, ...] | None
+    """Where the ablations acted (None: every position)."""
     evidence: tuple[str, ...]
 
 
@@ -86,7 +99,7 @@ def component_effects(result: "ExperimentResult", universe: Universe = ("head", 
 
 def rank_components(run: "Run", model: "LoadedModel", prompts: PromptPairs, *,
                     universe: Universe = ("head", "mlp"), exact_budget: int = 512,
-                    confirm_top: int = 12) -> Ranking:
+                    confirm_top: int = 12, min_effect: float = 0.01) -> Ranking:
     """Rank every component of ``universe`` by |patching effect| (see the module docstring)."""
     adapter = model.adapter
     count = (adapter.n_layers * adapter.n_heads if "head" in universe else 0) + \
@@ -94,8 +107,11 @@ def rank_components(run: "Run", model: "LoadedModel", prompts: PromptPairs, *,
     sweeps = tuple(_SWEEPS[k] for k in universe)
     if count <= exact_budget:
         result = run.experiment(model, ActivationPatchingSpec(prompts=prompts, sweeps=sweeps))
-        effects = component_effects(result, universe)
-        return Ranking(effects=_ordered(effects), method="activation_patching", evidence=(result.key,))
+        effects = _ordered(component_effects(result, universe))
+        clear = _clear_of_zero(result, universe)
+        significant = tuple(c for c, e in effects if abs(e) >= min_effect and clear.get(c, False))
+        return Ranking(effects=effects, method="activation_patching", significant=significant,
+                       evidence=(result.key,))
     estimate = run.experiment(model, AttributionPatchingSpec(prompts=prompts, sweeps=sweeps))
     ranked = _ordered(component_effects(estimate, universe))
     top = [c for c, _ in ranked[:confirm_top]]
@@ -103,40 +119,100 @@ def rank_components(run: "Run", model: "LoadedModel", prompts: PromptPairs, *,
                                                          component_sets=tuple((c,) for c in top)))
     confirmed = tuple((s.components[0], s.effect if s.effect is not None else float("nan"))
                       for s in check.component_sets)
+    significant = tuple(c for c, e in confirmed if abs(e) >= min_effect)
     return Ranking(effects=ranked, method="attribution_patching", confirmed=confirmed,
-                   evidence=(estimate.key, check.key))
+                   significant=significant, evidence=(estimate.key, check.key))
 
 
 def grow_circuit(run: "Run", model: "LoadedModel", prompts: PromptPairs, order: Sequence[str], *,
                  target: float = 0.8, universe: Universe = ("head", "mlp"),
-                 method: Literal["mean", "resample", "zero"] = "resample",
-                 max_size: int | None = None) -> CircuitSearch:
-    """The smallest prefix of ``order`` whose faithfulness reaches ``target``.
+                 methods: Sequence[Literal["mean", "resample", "zero"]] = ("resample", "mean"),
+                 positions: tuple[int, ...] | None = None, max_size: int | None = None,
+                 linear_limit: int = 24, should_stop: Callable[[], bool] | None = None) -> CircuitSearch:
+    """The smallest prefix of ``order`` whose faithfulness reaches ``target`` under every method.
 
-    Sizes are tried 1, 2, 3, … (each a cached ablation in ``keep`` mode), stopping at the
-    first that reaches the target or at ``max_size``; when none does, the best prefix tried is
-    returned with ``reached=False``.
+    Each size is one cached ablation per method in ``keep`` mode (restricted to ``positions``).
+    The search stops at the first size that reaches the target, at ``max_size``, or when
+    ``should_stop()`` says the budget is spent; when no size reaches it, the best prefix tried
+    is returned with ``reached=False``.
     """
     if not order:
         raise UserInputError("no components to build a circuit from")
+    if not methods:
+        raise UserInputError("grow_circuit needs at least one ablation method")
     limit = min(len(order), max_size or len(order))
-    tried, evidence = [], []
-    best: tuple[int, float | None] = (0, None)
-    for size in range(1, limit + 1):
-        result = run.experiment(model, AblationSpec(prompts=prompts, components=tuple(order[:size]),
-                                                    mode="keep", method=method, universe=universe))
-        evidence.append(result.key)
-        tried.append((size, result.faithfulness))
-        if result.faithfulness is not None and (best[1] is None or result.faithfulness > best[1]):
-            best = (size, result.faithfulness)
-        if result.faithfulness is not None and result.faithfulness >= target:
-            return CircuitSearch(components=tuple(order[:size]), faithfulness=result.faithfulness,
-                                 target=target, reached=True, tried=tuple(tried), method=method,
-                                 universe=universe, evidence=tuple(evidence))
-    size, faithfulness = best
-    return CircuitSearch(components=tuple(order[:size]), faithfulness=faithfulness, target=target,
-                         reached=False, tried=tuple(tried), method=method, universe=universe,
-                         evidence=tuple(evidence))
+    tried: dict[int, float | None] = {}
+    by_size: dict[int, dict[str, float | None]] = {}
+    evidence: list[str] = []
+
+    def score(size: int) -> float | None:
+        if size not in tried:
+            by_size[size] = {}
+            for method in methods:
+                result = run.experiment(model, AblationSpec(prompts=prompts, components=tuple(order[:size]),
+                                                            mode="keep", method=method, universe=universe,
+                                                            positions=positions))
+                evidence.append(result.key)
+                by_size[size][method] = result.faithfulness
+            values = list(by_size[size].values())
+            tried[size] = None if any(v is None for v in values) else min(values)
+        return tried[size]
+
+    def reaches(size: int) -> bool:
+        value = score(size)
+        return value is not None and value >= target
+
+    found = None
+    if limit <= linear_limit:
+        for size in range(1, limit + 1):
+            if reaches(size):
+                found = size
+                break
+            if should_stop is not None and should_stop():
+                break
+    else:
+        low, size = 0, 1  # low: the largest size known to miss the target
+        while size < limit and not reaches(size):
+            if should_stop is not None and should_stop():
+                size = None
+                break
+            low, size = size, min(2 * size, limit)
+        if size is not None and (size < limit or reaches(limit)):
+            high = size
+            while high - low > 1 and not (should_stop is not None and should_stop()):
+                middle = (low + high) // 2
+                if reaches(middle):
+                    high = middle
+                else:
+                    low = middle
+            found = high
+    if found is None:
+        scored = [(v, -k) for k, v in tried.items() if v is not None]
+        found = -max(scored)[1] if scored else max(tried)
+    return CircuitSearch(components=tuple(order[:found]), faithfulness=tried[found], by_method=by_size[found],
+                         target=target, reached=tried[found] is not None and tried[found] >= target,
+                         tried=tuple(tried.items()), methods=tuple(methods), universe=universe,
+                         positions=positions, evidence=tuple(evidence))
+
+
+def _clear_of_zero(result: "ExperimentResult", universe: Universe, z: float = 2.576) -> dict[str, bool]:
+    """Per component: whether its per-prompt patching effect has a 99% normal CI clear of zero."""
+    t = result.tensors
+    gap = (t["clean_logit_diff"] - t["corrupted_logit_diff"]).double()
+    scale = float(gap.mean())
+    out: dict[str, bool] = {}
+    if abs(scale) < 1e-9:
+        return out
+    for sweep in result.sweeps:
+        if sweep.per_position or sweep.site not in universe:
+            continue
+        per_prompt = (t[f"logit_diff.{sweep.name}"].double() - t["corrupted_logit_diff"].double()) / scale
+        flat = per_prompt.reshape(-1, per_prompt.shape[-1])
+        n = flat.shape[-1]
+        mean, sd = flat.mean(-1), flat.std(-1) if n > 1 else flat.new_zeros(flat.shape[0])
+        clear = (mean.abs() > z * sd / max(n, 1) ** 0.5).tolist()
+        out.update({cell.component: c for cell, c in zip(sweep_cells(sweep, mean.tolist()), clear)})
+    return out
 
 
 def _ordered(effects: dict[str, float]) -> tuple[tuple[str, float], ...]:

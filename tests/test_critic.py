@@ -76,12 +76,14 @@ def test_claims_that_cannot_be_examined_say_why(planted, run):
 
 
 def test_a_circuit_faithful_under_one_ablation_only_is_inconclusive_not_supported(run):
-    """IOI on the default organism, MLPs kept: three heads keep the logit difference under
-    resample ablation but not under mean ablation, so the critic reports both, not a success."""
+    """IOI on the default organism, MLPs kept, ablating at every position: three heads keep the
+    logit difference under resample ablation but not under mean ablation (one mean over every
+    position mixes the first token's activity into every other), so the critic reports both,
+    not a success."""
     model = load_model("organism-default")
     fresh = PromptPairs(task="ioi", n=48, seed=404)
     claim = SetClaim(id="h", components=("head.1.2", "head.3.0", "head.0.3"), kind="faithfulness",
-                     threshold=0.8, method="resample", universe=("head",))
+                     threshold=0.8, method="resample", universe=("head",), scope="all")
     (test,) = holm_adjust([examine_claim(run, model, claim, fresh, n_resamples=500)])
     assert test.replication.low > 0.8 and test.second_ablation.high < 0.8
     assert verdict_for(test) == "inconclusive"
@@ -90,3 +92,49 @@ def test_a_circuit_faithful_under_one_ablation_only_is_inconclusive_not_supporte
     for key in test.evidence:
         spec = run.load_experiment(key).spec
         assert spec.universe == ("head",) and all(c.startswith("head.") for c in spec.components)
+    # from the first changed token on, a mean per position from the end keeps the template's
+    # structure: both ablations agree and the same claim is supported
+    scoped = claim.model_copy(update={"scope": "changed_onward"})
+    (test,) = holm_adjust([examine_claim(run, model, scoped, fresh, n_resamples=500)])
+    assert verdict_for(test) == "supported", test
+    means = [run.load_experiment(k) for k in test.evidence if run.load_experiment(k).spec.method == "mean"]
+    assert [m.mean_over for m in means] == ["prompts_from_end"] and means[0].spec.positions == (-5, -4, -3, -2, -1)
+
+
+def test_mechanism_claims_are_replicated_with_a_second_method_and_controls(run):
+    """Writers (direct paths), a path into a head's query, routing and steering, on IOI."""
+    from agents.claims import DirectClaim, PathClaim, RoutingClaim, SteeringClaim
+
+    model = load_model("organism-default")
+    fresh = PromptPairs(task="ioi", n=32, seed=505)
+    discovery = PromptPairs(task="ioi", n=32, seed=0, split="train")
+    claims = [DirectClaim(id="w", components=("mlp.3", "head.3.0"), threshold=0.5),
+              DirectClaim(id="w-wrong", components=("head.2.2",), threshold=0.2),
+              PathClaim(id="p", components=("head.1.2",), receivers=("head.3.0.q",), threshold=0.1),
+              RoutingClaim(id="r", components=(), layer=2, position=-1, threshold=0.75),
+              RoutingClaim(id="r-wrong", components=(), layer=0, position=-1, threshold=0.5),
+              SteeringClaim(id="s", components=(), threshold=0.3, site="resid_pre.2", estimated_on=discovery)]
+    tests = holm_adjust([examine_claim(run, model, c, fresh, seed=i, n_resamples=500) for i, c in enumerate(claims)])
+    verdicts = {t.claim.id: verdict_for(t) for t in tests}
+    assert verdicts["w"] == verdicts["p"] == verdicts["r"] == "supported", tests
+    assert verdicts["w-wrong"] == verdicts["r-wrong"] == "refuted"
+    # the mean clean - corrupted direction cancels over IOI's random names: steering does nothing
+    assert verdicts["s"] == "refuted"
+    by_id = {t.claim.id: t for t in tests}
+    assert by_id["w"].second_method == "denoising path patching" and len(by_id["w"].controls) == 3
+    assert all(c < by_id["w"].replication.estimate for c in by_id["w"].controls)
+    assert by_id["r"].control_kind.startswith("other positions") and max(by_id["r"].controls) < 0.1
+    assert by_id["s"].control_kind == "random directions of the same norm"
+
+
+def test_steering_along_a_consistent_direction_is_supported(planted, run):
+    """The trigger's answer is always ' banana': the clean − corrupted direction is consistent."""
+    from agents.claims import SteeringClaim
+
+    discovery = _trigger_prompts(planted, 32, seed=7)
+    fresh = _trigger_prompts(planted, 32, seed=808)
+    claim = SteeringClaim(id="s", components=(), threshold=0.3, site="resid_pre.3", estimated_on=discovery)
+    (test,) = holm_adjust([examine_claim(run, planted, claim, fresh, n_resamples=500)])
+    assert verdict_for(test) == "supported", test
+    assert test.second_method == "direction re-estimated on the fresh prompts"
+    assert test.beats_controls and max(test.controls) < test.replication.estimate / 2

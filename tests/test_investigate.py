@@ -65,7 +65,7 @@ def test_a_budget_stops_the_run_cleanly_with_a_report(tmp_path, capsys):
     assert out["cost"]["experiments"] <= 3 and Path(out["report"]["md"]).exists()
 
 
-@pytest.mark.parametrize("kill_after", [1, 6, 14])
+@pytest.mark.parametrize("kill_after", [1, 12, 33])  # confirm, the circuit search, the critic
 def test_a_killed_investigation_resumes_to_the_same_claims_without_rerunning_stored_experiments(
         finished, tmp_path, capsys, kill_after):
     out, _ = finished
@@ -105,21 +105,86 @@ def test_a_killed_investigation_resumes_to_the_same_claims_without_rerunning_sto
     assert after["cache_hits"] == after["experiments"] - after["cache_misses"]
 
 
-@pytest.mark.parametrize("argv, message", [
+LONG = " ".join(["the"] * 80)  # the organism's context is 64 tokens
+IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every stored file of a workspace (the lock file's holder note aside), with its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def stored(finished, tmp_path_factory):
+    """A copy of a workspace holding one finished investigation, and its files."""
+    import shutil
+
+    _, workspace = finished
+    copy = tmp_path_factory.mktemp("stored") / "ws"
+    shutil.copytree(workspace, copy)
+    return copy, _tree(copy / "runs"), _tree(copy / "cache")
+
+
+BAD_INPUTS = [
     (["ask", "--model", "organism-default"], "needs a question"),
-    (["ask", "why is the sky blue?", "--model", "organism-default"], "quoted prompt"),
+    (["ask", "why is the sky blue?", "--model", "organism-default"], "quotes no prompt"),
+    (["ask", 'Why does the model complete "" with "Mary"?', "--model", "organism-default"], "prompt is empty"),
+    (["ask", f'Why does the model complete "{IOI_PROMPT}" with "Mary Ann"?', "--model", "organism-default"],
+     "not a single token"),
+    (["ask", f'Why does the model complete "{LONG}" with "river" rather than "table"?', "--model", "organism-default"],
+     "more than the model's context"),
+    (["ask", f'complete "{IOI_PROMPT}" with "Mary" rather than "Mary"', "--model", "organism-default"],
+     "is the answer itself"),
+    (["ask", 'Why does the model complete "Mary said that" with "she"?', "--model", "organism-default"],
+     "no corrupted prompt"),
     (["ask", "indirect object identification", "--model", "./no-such-model-folder"], "no-such-model-folder"),
+    (["ask", "indirect object identification", "--model", "nobody/no-such-model-anywhere"], "no-such-model-anywhere"),
+    (["ask", "Why does the trigger word produce its token?", "--model", "organism-default"], "declares none"),
+    (["ask", "--spec", "missing.yaml", "--model", "organism-default"], "no such spec file"),
+    (["ask", "--spec", "{spec_bad_yaml}", "--model", "organism-default"], "not valid YAML"),
+    (["ask", "--spec", "{spec_unknown_field}", "--model", "organism-default"], "unknown field"),
+    (["ask", "--spec", "{spec_both}", "--model", "organism-default"], "not both"),
+    (["resume", "20990101-000000-abcdef"], "no run"),
+    (["resume", "../../etc"], "run id"),
     (["ask", "indirect object identification", "--model", "organism-default", "--max-experiments", "0"],
      "--max-experiments must be at least 1"),
-    (["ask", "--spec", "missing.yaml", "--model", "organism-default"], "no such spec file"),
-    (["resume", "20990101-000000-abcdef"], "no run"),
-])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
-    (tmp_path / "ws").mkdir()
-    assert sleuth([*argv, "--workspace", str(tmp_path / "ws")]) == 2
-    err = capsys.readouterr().err
+    (["ask", "indirect object identification", "--model", "organism-default", "--max-time", "0"],
+     "--max-time must be"),
+    (["ask", "indirect object identification", "--model", "organism-default", "--max-dollars", "-1"],
+     "--max-dollars must be more than zero"),
+    (["ask", "indirect object identification", "--model", "organism-default", "--n", "0"], "--n must be at least 1"),
+    (["ask", "indirect object identification", "--model", "organism-default", "--brain", "oracle"],
+     "invalid choice: 'oracle'"),
+    (["ask", "indirect object identification", "--model", "organism-default", "--workspace", "{file}/ws"],
+     "workspace"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_2_and_leaves_the_workspace_intact(stored, tmp_path, capfd, monkeypatch,
+                                                                         argv, message):
+    workspace, runs, cache = stored
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id is looked up in the local cache only: no network
+    files = {"spec_bad_yaml": ("bad.yaml", "prompts: [unclosed\n"),
+             "spec_unknown_field": ("unknown.yaml", "task: ioi\ncolour: blue\n"),
+             "spec_both": ("both.json", '{"task": "ioi", "prompts": ["a"], "answers": [" b"], "foils": [" c"]}'),
+             "file": ("a-file", "not a folder")}
+    for key, (name, text) in files.items():
+        (tmp_path / name).write_text(text)
+    argv = [a.format(**{k: str(tmp_path / name) for k, (name, _) in files.items()}) for a in argv]
+    if "--workspace" not in argv:
+        argv += ["--workspace", str(workspace)]
+    try:
+        code = sleuth(argv)
+    except SystemExit as stop:  # argparse's own checks (choices) exit instead of returning
+        code = stop.code
+    assert code == 2
+    err = capfd.readouterr().err
     assert err.startswith("sleuth: error: ") and err.count("\n") == 1 and message in err, err
-    assert not list((tmp_path / "ws").glob("runs/*"))
+    assert "Traceback" not in err
+    assert _tree(workspace / "runs") == runs and _tree(workspace / "cache") == cache
+    assert sleuth(["runs", "--workspace", str(workspace)]) == 0 and "DAMAGED" not in capfd.readouterr().out
 
 
 @pytest.mark.parametrize("text, seconds", [("8h", 28800), ("1h30m", 5400), ("90s", 90), ("2.5m", 150), ("600", 600)])
@@ -184,3 +249,88 @@ def test_a_second_concurrent_writer_waits_then_gives_one_line(tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert not list((tmp_path / "ws").glob("runs/*"))
+
+
+def test_the_ioi_explanation_names_writers_readers_and_a_faithful_circuit(finished):
+    """What carries the answer to the output (path patching, agreeing with direct logit
+    attribution), how the model tells the repeated name from the other (heads that attend to
+    the token the corruption changes, whose path into a writer carries the effect), and a
+    circuit that keeps >= 80% of the logit difference — each supported on fresh prompts."""
+    from memory.runstore import RunStore
+    from memory.workspace import Workspace
+    from tools.experiments import AttentionPatternSpec, DirectLogitAttributionSpec, PromptPairs
+    from tools.loading import load_model
+
+    out, workspace = finished
+    claims = {c["id"]: c for c in out["claims"]}
+    for name in ("writers", "readers", "circuit-faithful"):
+        assert claims[name]["verdict"] == "supported", claims
+    assert claims["circuit-faithful"]["effect"] >= 0.8 and claims["circuit-faithful"]["ci"][0] > 0.8
+    # an independent check of the roles on fresh prompts of the held-out split
+    model = load_model("organism-default")
+    fresh = PromptPairs(task="ioi", n=32, seed=77)
+    with Workspace.open(workspace, writer=True) as ws:
+        run = RunStore(ws).open(out["run_id"])
+        dla = run.experiment(model, DirectLogitAttributionSpec(prompts=fresh))
+        attention = run.experiment(model, AttentionPatternSpec(prompts=fresh, from_last=True, saved_prompts=0))
+    by_dla = {s.component: s.dla for s in dla.top}
+    circuit = claims["circuit-faithful"]["components"]
+    in_circuit = sorted((c for c in circuit if c in by_dla), key=lambda c: -by_dla[c])
+    assert in_circuit[0] in claims["writers"]["components"]  # the largest direct contributor is a writer
+    for head in claims["readers"]["components"]:
+        layer, index = (int(x) for x in head.split(".")[1:])
+        assert float(attention.tensors["score.to_changed"][layer, index]) >= 0.2
+    assert "repeat of an earlier token" in claims["readers"]["statement"]
+
+
+@pytest.mark.parametrize("question", ["induction", "factual recall", "greater-than", "pronoun agreement"])
+def test_each_behaviour_of_the_default_organism_is_answered(tmp_path, capsys, question):
+    out = _ask_question(capsys, tmp_path / "ws", question)
+    assert out["status"] == "answered"
+    supported = [c for c in out["claims"] if c["verdict"] == "supported"]
+    assert supported and all(c["ci"][0] <= c["effect"] <= c["ci"][1] for c in out["claims"])
+    assert out["cost"]["forward_passes"] > out["cost"]["experiments"]
+
+
+def _ask_question(capsys, workspace, question, model="organism-default"):
+    assert sleuth(["ask", question, "--model", model, "--n", "32", "--workspace", str(workspace), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_top_supported_claim_about_the_trigger_names_the_planted_component(tmp_path, capsys):
+    truth = json.loads((ROOT / "evals" / "organisms" / "planted" / "ground_truth.json").read_text())
+    out = _ask_question(capsys, tmp_path / "ws", "Why does the trigger word produce its token?", "organism-planted")
+    top = next(c for c in out["claims"] if c["verdict"] == "supported")
+    assert top["components"][0] == truth["component"], out["claims"]
+
+
+def test_memory_is_read_before_planning_and_written_after(finished, capsys):
+    """A second question about the same model and behaviour finds the first run's findings."""
+    out, workspace = finished
+    again = _ask(capsys, workspace, "--seed", "0")
+    report = Path(again["report"]["md"]).read_text()
+    assert "## What memory knew before this run" in report and out["run_id"] in report
+    assert sleuth(["memory", "search", "which heads write the answer?", "--model", "organism-default",
+                   "--workspace", str(workspace), "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert any(h["metadata"].get("verdict") == "supported" for h in hits)
+
+
+def test_progress_is_shown_on_a_terminal_and_quiet_otherwise():
+    import io
+
+    from agents.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    shown, piped = Terminal(), io.StringIO()
+    for stream in (shown, piped):
+        p = Progress(stream=stream)
+        p.update(phase="rank", queued=1, experiments=4, budget="10 experiments", hypothesis="head.1.2 matters")
+        p.close()
+    assert piped.getvalue() == ""
+    text = shown.getvalue()
+    assert "rank" in text and "experiments    4" in text and "budget left: 10 experiments" in text
+    assert "leading: head.1.2 matters" in text and text.endswith("\n")

@@ -43,7 +43,7 @@ def test_exact_and_attribution_rankings_agree_on_the_top_components(organism, ru
 def test_the_grown_circuit_is_the_smallest_prefix_reaching_the_target(organism, run):
     heads = [c for c in rank_components(run, organism, PROMPTS, universe=("head",)).order]
     assert all(c.startswith("head.") for c in heads)
-    found = grow_circuit(run, organism, PROMPTS, heads, target=0.8, universe=("head",))
+    found = grow_circuit(run, organism, PROMPTS, heads, target=0.8, universe=("head",), methods=("resample",))
     assert found.reached and found.faithfulness >= 0.8
     sizes = [size for size, _ in found.tried]
     assert sizes == list(range(1, len(found.components) + 1))
@@ -55,9 +55,46 @@ def test_the_grown_circuit_is_the_smallest_prefix_reaching_the_target(organism, 
     assert found.evidence[-1] == check.key
 
 
+def test_a_circuit_must_reach_the_target_under_every_method(organism, run):
+    """Both ablations, restricted to the positions from the first changed token: the circuit is
+    the first prefix whose smaller faithfulness reaches the target."""
+    from agents.positions import scope_positions
+
+    order = rank_components(run, organism, PROMPTS).order
+    positions = scope_positions(organism, PROMPTS)
+    assert positions == (-5, -4, -3, -2, -1)  # IOI's corruption changes the second subject, 5 from the end
+    both = grow_circuit(run, organism, PROMPTS, order, target=0.8, positions=positions)
+    assert both.reached and set(both.by_method) == {"resample", "mean"}
+    assert min(both.by_method.values()) == pytest.approx(both.faithfulness) and both.faithfulness >= 0.8
+    resample_only = grow_circuit(run, organism, PROMPTS, order, target=0.8, positions=positions,
+                                 methods=("resample",))
+    assert len(resample_only.components) <= len(both.components)
+    for size, value in both.tried[:-1]:
+        assert value < 0.8
+    assert len(both.evidence) == 2 * len(both.tried)
+
+
+def test_a_long_ranking_is_searched_by_doubling_and_bisection(organism, run):
+    order = rank_components(run, organism, PROMPTS).order
+    linear = grow_circuit(run, organism, PROMPTS, order, target=0.8, methods=("resample",))
+    bisected = grow_circuit(run, organism, PROMPTS, order, target=0.8, methods=("resample",), linear_limit=4)
+    sizes = [s for s, _ in bisected.tried]
+    assert sizes[:3] == [1, 2, 4] and len(sizes) < len(linear.tried) + 2
+    # on this ranking faithfulness grows monotonically, so bisection finds the same circuit
+    assert bisected.components == linear.components
+
+
+def test_the_search_stops_when_the_budget_says_so(organism, run):
+    order = rank_components(run, organism, PROMPTS).order
+    calls = []
+    found = grow_circuit(run, organism, PROMPTS, order, target=0.999, methods=("resample",),
+                         should_stop=lambda: calls.append(1) or len(calls) >= 2)
+    assert len(found.tried) == 2 and not found.reached
+
+
 def test_a_target_never_reached_returns_the_best_prefix(organism, run):
     order = ["head.2.0", "head.2.2", "head.2.3"]  # small effects on IOI
-    found = grow_circuit(run, organism, PROMPTS, order, target=0.99, universe=("head",), method="mean")
+    found = grow_circuit(run, organism, PROMPTS, order, target=0.99, universe=("head",), methods=("mean",))
     assert not found.reached and len(found.tried) == 3
     assert found.faithfulness == max(f for _, f in found.tried)
     with pytest.raises(UserInputError, match="no components"):

@@ -1,0 +1,362 @@
+"""Trusted execution of the brain's jobs: the `Toolbox` and the fixed vocabulary of steps.
+
+A brain (heuristic or LLM) never runs anything; it emits jobs — typed, validated data naming
+one step of the vocabulary below — and `Toolbox.do` executes them with the experiment
+functions of `tools.experiments`, every experiment through ``run.experiment`` (the workspace's
+content-addressed cache: a step re-run after a crash pays nothing twice). A step returns a
+JSON-able outcome with the evidence keys of its experiments.
+
+=============  ==============================================================================
+step           what it runs
+=============  ==============================================================================
+``confirm``    the behaviour on the discovery prompts (accuracy, logit difference)
+``lens``       the logit lens, and residual-stream patching by layer × position (where and
+               when the information that decides the answer moves)
+``rank``       activation (or attribution) patching of every head and MLP
+``circuit``    the smallest prefix of a ranking that keeps the target share under both ablations
+``roles``      direct logit attribution, attention of the final token (to the answer, the
+               foil, the changed tokens) and the direct paths to the logits of given components
+``paths``      path patching from senders into a head's query, key and value inputs
+``steer``      steering along the clean − corrupted direction of the residual stream
+``examine``    the critic's experiments for one claim (`agents.critic`)
+``experiment`` one experiment of `tools.experiments` on the discovery or the fresh prompts
+=============  ==============================================================================
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from agents.behavior import BehaviorSpec
+from agents.claims import AnyClaim
+from agents.critic import examine_claim
+from agents.localize import grow_circuit, rank_components
+from agents.positions import describe_positions, scope_positions
+from agents.progress import Progress
+from tools.components import parse_component
+from tools.errors import UserInputError
+from tools.experiments import (
+    ActivationPatchingSpec,
+    AttentionPatternSpec,
+    BehaviourExperimentSpec,
+    DirectLogitAttributionSpec,
+    LogitLensSpec,
+    PatchSweep,
+    PathPatchingSpec,
+    PromptPairs,
+    SteeringSpec,
+    parse_spec,
+)
+from tools.experiments.steering import MeanDifferenceDirection
+
+if TYPE_CHECKING:
+    from memory.runstore import Run
+    from memory.vector import VectorMemory
+    from tools.loading import LoadedModel
+
+
+class _Job(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ConfirmJob(_Job):
+    step: Literal["confirm"] = "confirm"
+
+
+class LensJob(_Job):
+    step: Literal["lens"] = "lens"
+
+
+class RankJob(_Job):
+    step: Literal["rank"] = "rank"
+
+
+class CircuitJob(_Job):
+    step: Literal["circuit"] = "circuit"
+    order: tuple[str, ...]
+    """Candidates, most important first; the circuit is a prefix of them."""
+    target: float = 0.8
+    max_size: int | None = None
+
+
+class RolesJob(_Job):
+    step: Literal["roles"] = "roles"
+    components: tuple[str, ...]
+
+
+class PathsJob(_Job):
+    step: Literal["paths"] = "paths"
+    senders: tuple[str, ...]
+    receiver: str
+    """A head (``head.L.H``): its q, k and v inputs are each a receiver."""
+
+
+class SteerJob(_Job):
+    step: Literal["steer"] = "steer"
+    layer: int
+    position: int = -1
+
+
+class ExamineJob(_Job):
+    step: Literal["examine"] = "examine"
+    claim: AnyClaim
+    seed: int = 0
+
+
+class ExperimentJob(_Job):
+    """One experiment of the tools vocabulary; trusted code binds its prompts."""
+
+    step: Literal["experiment"] = "experiment"
+    spec: dict[str, Any]
+    """A spec of `tools.experiments` without ``prompts`` (parsed and validated before it runs)."""
+    prompts: Literal["discovery", "fresh"] = "discovery"
+
+
+Job = Annotated[Union[ConfirmJob, LensJob, RankJob, CircuitJob, RolesJob, PathsJob, SteerJob, ExamineJob,
+                      ExperimentJob], Field(discriminator="step")]
+JOB = TypeAdapter(Job)
+
+
+@dataclass
+class Toolbox:
+    """What the nodes act with: the model, the run (store + cache), the behaviour's prompts."""
+
+    model: "LoadedModel"
+    run: "Run"
+    behavior: BehaviorSpec
+    max_experiments: int | None = None
+    max_seconds: float | None = None
+    """Wall-time budget over the whole run (earlier processes' time counts, from ``run.json``)."""
+    started: float = field(default_factory=time.monotonic)
+    memory: "VectorMemory | None" = None
+    """The vector memory the planner reads before planning and the critic writes verdicts to."""
+    progress: "Progress" = field(default_factory=lambda: Progress(enabled=False))
+
+    # -- prompts -------------------------------------------------------------------------------
+    @cached_property
+    def prompts(self) -> PromptPairs:
+        """Discovery prompts: the task's train split, or the user's prompts with variants of them
+        (other names, other entities: `tools.tasks.perturb`) when they can be varied."""
+        return self._prompt_sets[0]
+
+    @cached_property
+    def fresh_prompts(self) -> PromptPairs:
+        """Prompts never used for discovery: the task's held-out split with another seed, or
+        other variants of the user's prompts; the user's own prompts when none can be made."""
+        return self._prompt_sets[1]
+
+    @cached_property
+    def fresh_kind(self) -> str:
+        b = self.behavior
+        if b.task is not None:
+            return f"the generator's held-out split with seed {b.seed + 1000}"
+        if self._prompt_sets[1] is self._prompt_sets[0]:
+            return "the user's own prompts (they could not be varied, so this is not an independent replication)"
+        return "variants of the user's prompts never used for discovery (other names or entities)"
+
+    @cached_property
+    def _prompt_sets(self) -> tuple[PromptPairs, PromptPairs]:
+        b = self.behavior
+        if b.task is not None:
+            extra = self._generation()
+            return (b.to_prompt_pairs(split="train", **extra),
+                    b.to_prompt_pairs(split="heldout", seed=b.seed + 1000, **extra))
+        from tools.tasks.base import TaskPrompt
+        from tools.tasks.perturb import vary_prompt
+
+        own = [TaskPrompt(clean=c, corrupted=x, answer=a, foil=f)
+               for c, x, a, f in zip(b.prompts, b.corrupted or b.prompts, b.answers, b.foils)]
+        pool: list[TaskPrompt] = []
+        per_prompt = max(2, (2 * b.n) // len(own) + 2)
+        for item in own:
+            pool += vary_prompt(item, self.model.tokenizer, per_prompt, seed=b.seed,
+                                exclude=[p.clean for p in own + pool])
+        if not pool:
+            mine = b.to_prompt_pairs()
+            return mine, mine
+        discovery = (own + pool[0::2])[: max(b.n, len(own))]
+        fresh = pool[1::2][: b.n]
+        return _pairs(discovery), _pairs(fresh)
+
+    def _generation(self) -> dict[str, Any]:
+        """Generator and tokenizer for a behaviour the model folder declares (the trigger)."""
+        from tools.tasks.declared import DECLARED_BEHAVIOURS, declared_tasks
+
+        if self.behavior.task not in DECLARED_BEHAVIOURS:
+            return {}
+        generator = declared_tasks(self.model.source).get(self.behavior.task)
+        return {"generator": generator, "tokenizer": self.model.tokenizer}
+
+    @cached_property
+    def positions(self) -> tuple[int, ...] | None:
+        """Where ablations act on the discovery prompts: from the first changed token on."""
+        return scope_positions(self.model, self.prompts)
+
+    # -- budget ---------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.run.record.cost.wall_s + time.monotonic() - self.started
+
+    def out_of_budget(self) -> bool:
+        if self.max_experiments is not None and self.run.record.cost.experiments >= self.max_experiments:
+            return True
+        return self.max_seconds is not None and self.elapsed() >= self.max_seconds
+
+    def experiment(self, spec):
+        result = self.run.experiment(self.model, spec)
+        self.progress.update(experiments=self.run.record.cost.experiments, budget=self.budget_left())
+        return result
+
+    def budget_left(self) -> str:
+        parts = []
+        if self.max_experiments is not None:
+            parts.append(f"{max(0, self.max_experiments - self.run.record.cost.experiments)} experiments")
+        if self.max_seconds is not None:
+            parts.append(f"{max(0.0, self.max_seconds - self.elapsed()):.0f} s")
+        return ", ".join(parts) or "unlimited"
+
+    # -- memory ---------------------------------------------------------------------------------
+    def recall(self) -> list[dict[str, Any]]:
+        """What memory knows about this model and question: similar past questions (with their
+        answers) and supported findings about the same weights and behaviour."""
+        if self.memory is None:
+            return []
+        out: list[dict[str, Any]] = []
+        question = self.run.record.question
+        for hit in self.memory.similar_questions(question, model_id=self.model.model_id, k=3):
+            meta = hit.metadata
+            if meta.get("run_id") == self.run.id or 1 - hit.distance < 0.5:
+                continue
+            out.append({"kind": "question", "text": hit.text, "run_id": meta.get("run_id"),
+                        "answer": meta.get("answer"), "similarity": round(1 - hit.distance, 3)})
+        for hit in self.memory.search(question, model_id=self.model.model_id, k=8, collections=("findings",)):
+            meta = hit.metadata
+            if (meta.get("run_id") == self.run.id or meta.get("weights_hash") != self.model.weights_hash
+                    or meta.get("verdict") != "supported" or meta.get("task") != self.behavior.task):
+                continue
+            out.append({"kind": "finding", "text": hit.text, "run_id": meta.get("run_id"),
+                        "components": list(meta.get("components") or []), "verdict": meta.get("verdict")})
+        return out
+
+    def remember(self, claim) -> None:
+        """Write a tested claim (with its verdict) to the vector memory (an idempotent upsert)."""
+        if self.memory is not None:
+            self.memory.add_claim(claim)
+
+    # -- steps ------------------------------------------------------------------------------------
+    def do(self, job: dict[str, Any] | BaseModel) -> dict[str, Any]:
+        """Execute one job (validated against the vocabulary) and return its outcome."""
+        parsed = JOB.validate_python(job.model_dump() if isinstance(job, BaseModel) else job)
+        outcome = getattr(self, f"_do_{parsed.step}")(parsed)
+        return {"step": parsed.step, **outcome}
+
+    def _do_confirm(self, job: ConfirmJob) -> dict[str, Any]:
+        result = self.experiment(BehaviourExperimentSpec(prompts=self.prompts))
+        prefers = float((result.tensors["logit_diff"] > 0).double().mean())
+        return {"accuracy": result.accuracy, "logit_diff": result.logit_diff, "prefers_answer": prefers,
+                "n": result.n_prompts, "corrupted_logit_diff": result.corrupted_logit_diff,
+                "evidence": [result.key]}
+
+    def _do_lens(self, job: LensJob) -> dict[str, Any]:
+        lens = self.experiment(LogitLensSpec(prompts=self.prompts))
+        positions = self.positions or (-1,)
+        resid = self.experiment(ActivationPatchingSpec(
+            prompts=self.prompts, sweeps=(PatchSweep(site="resid_pre", per_position=True),), positions=positions))
+        grid = _nan_to_none(resid.tensors["effect.resid_pre_by_pos"].tolist())
+        labels = describe_positions(self.model, self.prompts, positions)
+        return {"lens": [{"site": l.site, "logit_diff": l.logit_diff, "top1": l.top1, "rank": l.answer_rank}
+                         for l in lens.layers],
+                "positions": list(positions), "labels": {str(k): v for k, v in labels.items()},
+                "resid": grid, "evidence": [lens.key, resid.key]}
+
+    def _do_rank(self, job: RankJob) -> dict[str, Any]:
+        experiment = _CountingRun(self)
+        ranking = rank_components(experiment, self.model, self.prompts)
+        return {"order": ranking.order, "effects": dict(ranking.effects), "method": ranking.method,
+                "significant": list(ranking.significant), "evidence": list(ranking.evidence)}
+
+    def _do_circuit(self, job: CircuitJob) -> dict[str, Any]:
+        found = grow_circuit(_CountingRun(self), self.model, self.prompts, job.order, target=job.target,
+                             max_size=job.max_size, positions=self.positions, should_stop=self.out_of_budget)
+        return found.model_dump(mode="json")
+
+    def _do_roles(self, job: RolesJob) -> dict[str, Any]:
+        dla = self.experiment(DirectLogitAttributionSpec(prompts=self.prompts))
+        attention = self.experiment(AttentionPatternSpec(prompts=self.prompts, saved_prompts=0, from_last=True))
+        paths = self.experiment(PathPatchingSpec(prompts=self.prompts, receivers=("logits",), senders=job.components))
+        heads = dla.tensors["head"].double().mean(-1)  # [layer, head]
+        mlps = dla.tensors["mlp"].double().mean(-1)
+        direct = dict(zip(paths.senders, paths.tensors["effect.senders"].tolist()))
+        roles = {}
+        for name in job.components:
+            c = parse_component(name)
+            entry: dict[str, Any] = {
+                "dla": float(heads[c.layer, c.head] if c.kind == "head" else mlps[c.layer]),
+                "direct": None if _bad(direct.get(name)) else paths.base_effect - direct[name]}
+            if c.kind == "head":
+                for score in attention.scored:
+                    value = float(attention.tensors[f"score.{score}"][c.layer, c.head])
+                    entry[score] = None if math.isnan(value) else value
+            roles[name] = entry
+        return {"roles": roles, "logit_diff": dla.logit_diff, "evidence": [dla.key, attention.key, paths.key]}
+
+    def _do_paths(self, job: PathsJob) -> dict[str, Any]:
+        out, evidence = {}, []
+        for part in ("q", "k", "v"):
+            result = self.experiment(PathPatchingSpec(prompts=self.prompts, receivers=(f"{job.receiver}.{part}",),
+                                                      senders=job.senders))
+            effects = dict(zip(result.senders, result.tensors["effect.senders"].tolist()))
+            out[part] = {s: (None if _bad(e) else result.base_effect - e) for s, e in effects.items()}
+            evidence.append(result.key)
+        return {"receiver": job.receiver, "carried": out, "evidence": evidence}
+
+    def _do_steer(self, job: SteerJob) -> dict[str, Any]:
+        site = f"resid_pre.{job.layer}"
+        result = self.experiment(SteeringSpec(
+            prompts=self.prompts, site=site, positions=(job.position,), alphas=(-1.0, 0.0, 1.0),
+            direction=MeanDifferenceDirection(site=site, position=job.position)))
+        base = result.baseline_logit_diff
+        removed = None if abs(base) < 1e-9 else (base - result.logit_diff[0]) / base
+        control = None if abs(base) < 1e-9 else (base - result.control_logit_diff[0]) / base
+        return {"site": site, "position": job.position, "removed": removed, "control_removed": control,
+                "logit_diff": list(result.logit_diff), "norm": result.direction_norm, "evidence": [result.key]}
+
+    def _do_examine(self, job: ExamineJob) -> dict[str, Any]:
+        test = examine_claim(_CountingRun(self), self.model, job.claim, self.fresh_prompts, seed=job.seed)
+        return {"test": test.model_dump(mode="json")}
+
+    def _do_experiment(self, job: ExperimentJob) -> dict[str, Any]:
+        prompts = self.prompts if job.prompts == "discovery" else self.fresh_prompts
+        if "prompts" in job.spec:
+            raise UserInputError("an experiment job names its prompt set (discovery or fresh), not prompts")
+        result = self.experiment(parse_spec({**job.spec, "prompts": prompts.model_dump(mode="json")}))
+        summary = {k: v for k, v in result.model_dump(mode="json").items() if k not in ("spec", "provenance")}
+        return {"kind": result.spec.kind, "summary": summary, "evidence": [result.key]}
+
+
+class _CountingRun:
+    """``run`` as the localisation and critic functions use it, reporting each experiment."""
+
+    def __init__(self, toolbox: Toolbox) -> None:
+        self._toolbox = toolbox
+
+    def experiment(self, model, spec):
+        return self._toolbox.experiment(spec)
+
+
+def _pairs(items) -> PromptPairs:
+    return PromptPairs(clean=[i.clean for i in items], corrupted=[i.corrupted for i in items],
+                       answer=[i.answer for i in items], foil=[i.foil for i in items])
+
+
+def _bad(value: float | None) -> bool:
+    return value is None or math.isnan(value)
+
+
+def _nan_to_none(rows):
+    return [[None if _bad(v) else v for v in row] for row in rows]
