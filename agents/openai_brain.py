@@ -1,0 +1,302 @@
+"""The openai brain: an LLM on any OpenAI-compatible endpoint grounds questions, plans, makes
+claims and writes — while trusted code keeps control of everything that runs.
+
+Roles (prompts in ``agents/prompts/<role>/``):
+
+- **intake** — a free-form question → `BehaviorSpec` (a named task, or prompts with answers,
+  foils and counterfactuals), each checked by tokenising; a failed check goes back to the LLM.
+- **planner** — at every round the LLM sees what is known (fenced as data) and the playbook's
+  suggestion, and answers with tool calls: accept the suggestion, run other steps or single
+  experiments of the typed vocabulary (`agents.steps`), propose claims, or finish.
+- **worker** — the same tools when claims are due: interpretations of the results as claims
+  with pre-registered predictions (`agents.claims`).
+- **critic** — the same tools once verdicts are in: extra controls it asks for run as well; the
+  mandatory controls of `agents.critic` always run and decide the verdicts.
+- **reporter** — the narrative: every sentence cites claim or experiment ids, and every number
+  is a placeholder filled from stored results (`agents.narrative`), never typed by the LLM.
+
+Safety: every answer is a tool call validated by pydantic (`agents.llm.tools`); an invalid one
+goes back to the LLM a bounded number of times, then that step falls back to the heuristic
+brain, recorded as an event (the run then ends ``degraded`` and the report says what failed).
+Examine jobs are trusted code's alone: the LLM cannot skip or alter the critic's controls.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.behavior import BehaviorSpec
+from agents.claims import ProposedClaim
+from agents.llm.client import LLMClient
+from agents.llm.errors import LLMBudgetExhausted, LLMError
+from agents.llm.fence import fence
+from agents.llm.tools import Tool, call_tools
+from agents.narrative import Narrative, check_narrative, fill_narrative
+from agents.playbook import HeuristicBrain
+from agents.prompts import messages
+from agents.steps import (
+    CircuitJob,
+    ConfirmJob,
+    ExperimentJob,
+    LensJob,
+    PathsJob,
+    RankJob,
+    RolesJob,
+    SteerJob,
+)
+from tools.errors import UserInputError
+
+PlannerJob = Annotated[Union[ConfirmJob, LensJob, RankJob, CircuitJob, RolesJob, PathsJob, SteerJob, ExperimentJob],
+                       Field(discriminator="step")]
+"""The steps an LLM may ask for: the vocabulary without ``examine`` (the critic's own)."""
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AcceptSuggestion(_Args):
+    hypothesis: str | None = None
+    """What the LLM currently believes (shown in the progress line and the report)."""
+
+
+class RunSteps(_Args):
+    jobs: list[PlannerJob] = Field(min_length=1, max_length=8)
+    hypothesis: str | None = None
+
+
+class ProposeClaims(_Args):
+    claims: list[ProposedClaim] = Field(min_length=1, max_length=8)
+
+
+class Finish(_Args):
+    reason: str = ""
+
+
+class SubmitBehavior(_Args):
+    """A behaviour: a named ``task``, or explicit ``prompts`` with ``answers``, ``foils`` and
+    ``corrupted`` prompts (one each per prompt)."""
+
+    task: str | None = None
+    prompts: list[str] = []
+    answers: list[str] = []
+    foils: list[str] = []
+    corrupted: list[str] = []
+    reason: str = ""
+
+
+PLAN_TOOLS = {
+    "accept_suggestion": Tool(AcceptSuggestion, "Run the playbook's suggested next step (and its claims)."),
+    "run_steps": Tool(RunSteps, "Run these steps or experiments of the vocabulary next."),
+    "propose_claims": Tool(ProposeClaims, "Claims with pre-registered predictions, for the critic to test."),
+    "finish": Tool(Finish, "Stop investigating and write the report."),
+}
+INTAKE_TOOLS = {"submit_behavior": Tool(SubmitBehavior, "The behaviour the question asks about.")}
+WRITE_TOOLS = {"submit_narrative": Tool(Narrative, "The answer: sentences with citations and placeholders.")}
+
+
+class OpenAIBrain:
+    """Plans with an LLM (see the module docstring); the heuristic playbook is its fallback."""
+
+    name = "openai"
+
+    def __init__(self, client: LLMClient, *, fallback: HeuristicBrain | None = None) -> None:
+        self.client = client
+        self.fallback = fallback or HeuristicBrain()
+        self.max_invalid = client.settings.max_invalid
+
+    # -- intake ----------------------------------------------------------------------------------
+    def intake(self, question: str, *, tokenizer, n: int, seed: int, max_length: int | None,
+               declared: dict) -> tuple[BehaviorSpec, list[dict[str, Any]]]:
+        """The behaviour the question asks about, and the events (a fallback, with why)."""
+        from agents.intake import intake as heuristic_intake
+        from tools.tasks import TASK_NAMES
+
+        self.client.role = "intake"
+        conversation = messages("intake", question=fence(question, "question"), tasks=", ".join(TASK_NAMES),
+                                context=str(max_length), declared=", ".join(declared) or "none")
+        problems: list[str] = []
+        try:
+            for _ in range(self.max_invalid + 1):
+                (_, answer), = call_tools(self.client, conversation, INTAKE_TOOLS, max_invalid=self.max_invalid,
+                                          errors=problems)
+                try:
+                    spec = self._spec(question, answer, n=n, seed=seed)
+                    spec.check(tokenizer, max_length, generator=declared.get(spec.task or ""))
+                    return spec, self._recovered("intake", problems)
+                except UserInputError as error:  # tokenisation and shape checks go back to the LLM
+                    problems.append(str(error))
+                    conversation = conversation + [
+                        {"role": "assistant", "content": json.dumps(answer.model_dump())},
+                        {"role": "user", "content": f"That behaviour failed a check: {error}. Fix it and call "
+                                                    "submit_behavior again."}]
+            raise LLMError(f"the intake's behaviour failed the tokenizer checks {len(problems)} times; "
+                           f"last: {problems[-1]}")
+        except LLMError as error:
+            spec = heuristic_intake(question, tokenizer=tokenizer, n=n, seed=seed, max_length=max_length,
+                                    declared=declared)
+            return spec, self._recovered("intake", []) + [event("intake", error)]
+
+    def _recovered(self, role: str, problems: list[str]) -> list[dict[str, Any]]:
+        """Events for what went wrong in a role but was recovered: retried calls, answers sent back."""
+        out = [{"role": role, "error": text, "fallback": "retried"} for text in self.client.drain_incidents()]
+        out += [{"role": role, "error": text, "fallback": "sent back to the LLM"} for text in problems]
+        return out
+
+    @staticmethod
+    def _spec(question: str, answer: SubmitBehavior, *, n: int, seed: int) -> BehaviorSpec:
+        note = f"read by the LLM intake{': ' + answer.reason if answer.reason else ''}"
+        if answer.task:
+            return BehaviorSpec(question=question, task=answer.task, n=n, seed=seed, notes=(note,))
+        return BehaviorSpec(question=question, prompts=tuple(answer.prompts), answers=tuple(answer.answers),
+                            foils=tuple(answer.foils), corrupted=tuple(answer.corrupted), n=n, seed=seed,
+                            notes=(note,))
+
+    # -- planning ----------------------------------------------------------------------------------
+    def plan(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The next round: the LLM's choice among the tools, or the playbook's on failure."""
+        suggestion = self.fallback.plan(state)
+        phase = state.get("phase") or "confirm"
+        if suggestion["phase"] == "report" and phase not in ("critic", "recheck"):
+            return suggestion  # nothing left to decide: the behaviour is absent or the playbook is done
+        role = "critic" if phase in ("critic", "recheck") else "worker" if suggestion.get("claims") else "planner"
+        conversation = messages(role, question=fence(state.get("behavior", {}).get("question", ""), "question"),
+                                state=fence(summarise(state), "results"), suggestion=fence(_brief(suggestion),
+                                                                                            "suggestion"),
+                                budget=state.get("budget_left", "unknown"))
+        problems: list[str] = []
+        self.client.role = role
+        try:
+            calls = call_tools(self.client, conversation, PLAN_TOOLS, max_invalid=self.max_invalid,
+                               check=self._check, errors=problems)
+        except LLMBudgetExhausted as error:
+            return {"phase": "report", "jobs": [], "status": "budget_exhausted",
+                    "stopped_in": f"{phase} phase ({error})",
+                    "llm_events": self._recovered(role, problems) + [event(role, error, fallback="stopped: budget")]}
+        except LLMError as error:
+            return {**suggestion, "llm_events": self._recovered(role, problems[:-1]) + [event(role, error)]}
+        plan = self._combine(state, suggestion, calls, phase)
+        recovered = self._recovered(role, problems)
+        return {**plan, "llm_events": recovered} if recovered else plan
+
+    def _check(self, name: str, arguments: BaseModel) -> None:
+        if isinstance(arguments, RunSteps):
+            for job in arguments.jobs:
+                if isinstance(job, ExperimentJob):
+                    _check_experiment(job)
+
+    def _combine(self, state: dict[str, Any], suggestion: dict[str, Any], calls, phase: str) -> dict[str, Any]:
+        names = [name for name, _ in calls]
+        if "finish" in names:
+            return {"phase": "report", "jobs": [], "hypotheses": _hypotheses(calls)}
+        claims = list(state.get("claims", []))
+        known = {c["claim"]["id"] for c in claims}
+        plan: dict[str, Any] = {"phase": phase, "jobs": [], "hypotheses": _hypotheses(calls)}
+        if "accept_suggestion" in names:
+            plan["phase"] = suggestion["phase"]
+            plan["jobs"] = list(suggestion.get("jobs", []))
+            new = [c for c in suggestion.get("claims", []) if c["claim"]["id"] not in known]
+            claims += new
+            known |= {c["claim"]["id"] for c in new}
+            plan["hypotheses"] = plan["hypotheses"] or list(suggestion.get("hypotheses", []))
+        for name, arguments in calls:
+            if isinstance(arguments, RunSteps):
+                plan["jobs"] += [job.model_dump(mode="json") for job in arguments.jobs]
+            elif isinstance(arguments, ProposeClaims):
+                for proposed in arguments.claims:
+                    record = proposed.model_dump(mode="json")
+                    record["role"] = record.get("role") or "llm"
+                    if record["claim"]["id"] in known:
+                        record["claim"]["id"] = f"llm-{record['claim']['id']}"
+                    if record["claim"]["id"] in known:
+                        continue
+                    known.add(record["claim"]["id"])
+                    claims.append(record)
+                    plan["jobs"].append({"step": "examine", "claim": record["claim"], "seed": len(claims)})
+        if claims != list(state.get("claims", [])):
+            plan["claims"] = claims
+        if not plan["jobs"] and plan["phase"] == phase and "accept_suggestion" not in names:
+            return {**suggestion, "hypotheses": plan["hypotheses"]}
+        return plan
+
+    # -- writing --------------------------------------------------------------------------------
+    def write(self, question: str, claims: list, evidence: set[str]) -> tuple[str | None, list[dict[str, Any]]]:
+        """The narrative answer (numbers filled from ``claims``), or None with the event on failure."""
+        table = [{"id": c.id, "statement": c.statement, "verdict": c.verdict, "effect": c.effect,
+                  "ci": [c.ci_low, c.ci_high], "n": c.n, "threshold": c.details.get("threshold"),
+                  "evidence": [k[:12] for k in c.evidence]} for c in claims]
+        conversation = messages("reporter", question=fence(question, "question"), claims=fence(table, "claims"))
+        ids = {c.id for c in claims}
+        problems: list[str] = []
+        self.client.role = "reporter"
+        try:
+            ((_, narrative),) = call_tools(self.client, conversation, WRITE_TOOLS, max_invalid=self.max_invalid,
+                                           check=lambda _, n: check_narrative(n, ids, evidence), errors=problems)
+        except (LLMError, ValueError) as error:
+            return None, self._recovered("reporter", problems[:-1]) + [event("reporter", error)]
+        return fill_narrative(narrative, claims), self._recovered("reporter", problems)
+
+
+def event(role: str, error: Exception, *, fallback: str = "heuristic") -> dict[str, Any]:
+    """What failed in a role, and what was done instead (for ``state['llm_events']`` and the report)."""
+    out = {"role": role, "error": f"{type(error).__name__}: {error}", "fallback": fallback}
+    raw = getattr(error, "raw", None)
+    if raw:
+        out["raw"] = raw[:500]
+    attempts = getattr(error, "attempts", None)
+    if attempts:
+        out["attempts"] = attempts
+    return out
+
+
+def summarise(state: dict[str, Any]) -> dict[str, Any]:
+    """What an LLM is shown of the investigation: compact outcomes, claims and verdicts, memory."""
+    outcomes = []
+    for o in state.get("outcomes", []):
+        step = o["step"]
+        if step == "examine":
+            t = o["test"]
+            outcomes.append({"step": step, "claim": t["claim"]["id"], "measured": t["replication"]["estimate"],
+                             "ci": [t["replication"]["low"], t["replication"]["high"]],
+                             "second": t["second_ablation"]["estimate"], "controls": t["controls"]})
+        elif step == "rank":
+            outcomes.append({"step": step, "top": [(c, o["effects"][c]) for c in o["order"][:12]],
+                             "significant": len(o["significant"])})
+        else:
+            outcomes.append({k: v for k, v in o.items() if k not in ("evidence", "tried")})
+    return {"behavior": {k: v for k, v in state.get("behavior", {}).items() if k in ("task", "prompts", "answers",
+                                                                                     "foils", "corrupted", "n")},
+            "phase": state.get("phase"), "outcomes": outcomes,
+            "claims": [{"id": c["claim"]["id"], "statement": c["statement"]} for c in state.get("claims", [])],
+            "verdicts": state.get("verdicts", {}), "memory": state.get("prior", [])}
+
+
+def _brief(suggestion: dict[str, Any]) -> dict[str, Any]:
+    return {"phase": suggestion["phase"],
+            "jobs": [j for j in suggestion.get("jobs", []) if j.get("step") != "examine"],
+            "claims": [{"id": c["claim"]["id"], "statement": c["statement"]} for c in suggestion.get("claims", [])]}
+
+
+def _hypotheses(calls) -> list[str]:
+    return [a.hypothesis for _, a in calls if getattr(a, "hypothesis", None)]
+
+
+def _check_experiment(job: ExperimentJob) -> None:
+    """An experiment spec must parse before it may run (prompts are bound by trusted code)."""
+    from tools.experiments import parse_spec
+    from tools.errors import SpecError
+
+    if "prompts" in job.spec:
+        raise ValueError("an experiment names its prompt set (prompts: discovery or fresh), not prompts")
+    try:
+        parse_spec({**job.spec, "prompts": {"task": "ioi", "n": 1}})
+    except SpecError as error:
+        raise ValueError(f"experiment spec: {error}") from None
+    except Exception as error:  # pydantic's own validation error, say
+        raise ValueError(f"experiment spec: {str(error).splitlines()[0]}") from None
+
+
+__all__ = ["OpenAIBrain", "PLAN_TOOLS", "PlannerJob", "event", "summarise"]
