@@ -155,8 +155,18 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
     budget = Budget.from_flags(max_experiments=args.max_experiments, max_time=args.max_time,
                                max_tokens=args.max_tokens, max_dollars=args.max_dollars)
+    llm = None
+    if args.brain == "openai":
+        from agents.llm.settings import LLMSettings
+
+        overrides = {k: v for k, v in (("model", args.llm_model), ("base_url", args.llm_base_url),
+                                       ("timeout_s", args.llm_timeout)) if v is not None}
+        try:
+            llm = LLMSettings(**overrides)
+        except ValueError as error:  # pydantic's ValidationError: a bad environment variable or flag
+            raise UserInputError(f"LLM settings: {str(error).splitlines()[-1].strip()}") from None
     out = ask(args.question, model=args.model, spec_file=args.spec, workspace=args.workspace,
-              chroma_url=args.chroma_url, seed=args.seed, n=args.n, budget=budget, brain=args.brain,
+              chroma_url=args.chroma_url, seed=args.seed, n=args.n, budget=budget, brain=args.brain, llm=llm,
               remote=args.remote, lock_timeout=args.lock_timeout, progress=Progress())
     _print_summary(out, args.json)
     return 0
@@ -239,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-experiments", type=int, default=None, help="stop after this many experiments")
     a.add_argument("--max-time", default=None, metavar="DURATION",
                    help="stop planning after this much wall time (8h, 1h30m, 90s); the report says what is left")
+    a.add_argument("--llm-model", default=None, help="openai brain: the model (default $SLEUTH_LLM_MODEL, else gpt-4o-mini)")
+    a.add_argument("--llm-base-url", default=None,
+                   help="openai brain: an OpenAI-compatible endpoint (default $OPENAI_BASE_URL, else OpenAI)")
+    a.add_argument("--llm-timeout", type=float, default=None, help="openai brain: seconds per call (default 60)")
     a.add_argument("--max-tokens", type=int, default=None, help="LLM brains: stop after this many tokens")
     a.add_argument("--max-dollars", type=float, default=None, help="LLM brains: stop after this much spend")
     rs = sub.add_parser("resume", help="continue a killed or interrupted run from its last checkpoint")

@@ -19,17 +19,20 @@ dict naming one step of a fixed vocabulary, validated before it runs, never code
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 from agents.critic import ClaimTest, holm_adjust, verdict_for
-from agents.report import compose_answer, markdown_report
+from agents.report import compose_answer, markdown_report, ordered
 from memory.records import Claim
 
 if TYPE_CHECKING:
     from agents.steps import Toolbox
 
-RECURSION_LIMIT = 80
-"""Supersteps one investigation may take (a full playbook takes about 25)."""
+RECURSION_LIMIT = 200
+"""Supersteps one investigation may take (the heuristic playbook takes about 25-40)."""
+MAX_ROUNDS = RECURSION_LIMIT // 3 - 4
+"""Planning rounds (planner → workers → critic) before the run stops as out of budget: a brain
+that never stops asking for experiments ends here if no other budget ends it first."""
 
 
 def _replace(old: Any, new: Any) -> Any:
@@ -55,9 +58,10 @@ class InvestigationState(TypedDict):
     status: Annotated[str, _replace]
     answer: Annotated[str, _replace]
     stopped_in: Annotated[str, _replace]
-
-
-Status = Literal["answered", "budget_exhausted", "degraded"]
+    rounds: Annotated[int, operator.add]
+    budget_left: Annotated[str, _replace]
+    llm_events: Annotated[list[dict[str, Any]], operator.add]
+    """What failed in an LLM brain's roles and what was done instead (the report lists them)."""
 
 
 def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
@@ -70,12 +74,18 @@ def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
         if not state.get("discovery"):
             update["prior"] = toolbox.recall()
             update["discovery"] = toolbox.prompts.model_dump(mode="json")
-        if toolbox.out_of_budget() and state.get("phase") != "report":
-            toolbox.progress.update(phase="report", note="budget spent")
+        spent = toolbox.out_of_budget()
+        if not spent and (state.get("rounds") or 0) >= MAX_ROUNDS:
+            spent = f"{MAX_ROUNDS} planning rounds"
+        if spent and state.get("phase") != "report":
+            toolbox.progress.update(phase="report", note=f"budget spent: {spent}")
             return {**update, "phase": "report", "jobs": [], "status": "budget_exhausted",
-                    "stopped_in": state.get("phase", "confirm")}
+                    "stopped_in": f"{state.get('phase') or 'confirm'} phase ({spent})"}
+        update["rounds"] = 1
+        update["budget_left"] = toolbox.budget_left()
         plan = brain.plan({**state, **update})
-        update.update({k: v for k, v in plan.items() if k in ("phase", "jobs", "claims", "answer", "hypotheses")})
+        update.update({k: v for k, v in plan.items() if k in ("phase", "jobs", "claims", "answer", "hypotheses",
+                                                               "status", "stopped_in", "llm_events")})
         if "jobs" not in update:
             update["jobs"] = []
         toolbox.progress.update(phase=update.get("phase", state.get("phase")), queued=len(update["jobs"]),
@@ -123,14 +133,31 @@ def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
 
     def reporter(state: InvestigationState) -> dict[str, Any]:
         status = state.get("status") or "answered"
-        answer = state.get("answer") or compose_answer(toolbox.run.claims(), state)
+        events = list(state.get("llm_events") or [])
+        claims = toolbox.run.claims()
+        answer = state.get("answer") or compose_answer(claims, state)
+        narrated = False
+        write = getattr(brain, "write", None)
+        if write is not None and claims and not state.get("answer"):
+            if status == "budget_exhausted":
+                events.append({"role": "reporter", "error": "the budget was spent before the narrative",
+                               "fallback": "heuristic"})
+            else:
+                evidence = {k for c in claims for k in c.evidence}
+                narrative, failed = write(toolbox.run.record.question, ordered(claims), evidence)
+                events += failed
+                answer, narrated = narrative or answer, narrative is not None
+        if status == "answered" and any(e.get("fallback") == "heuristic" for e in events):
+            status = "degraded"
         if status == "budget_exhausted":
-            answer = (f"The budget ran out during the {state.get('stopped_in')} phase; what is below is what "
+            answer = (f"The budget ran out during the {state.get('stopped_in')}; what is below is what "
                       f"was established by then. {answer}")
-        toolbox.run.write_report("report.md", markdown_report(toolbox, state, answer, status))
+        report_state = {**state, "llm_events": events}
+        toolbox.run.write_report("report.md", markdown_report(toolbox, report_state, answer, status,
+                                                              written_by_llm=narrated))
         toolbox.run.update(status=status, answer=answer, cost={"wall_s": toolbox.elapsed()})
         toolbox.progress.update(phase="done", note=status)
-        return {"status": status, "answer": answer}
+        return {"status": status, "answer": answer, "llm_events": events[len(state.get("llm_events") or []):]}
 
     graph = StateGraph(InvestigationState)
     graph.add_node("planner", planner)

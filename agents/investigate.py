@@ -9,7 +9,7 @@ the run id: it reloads the model, rebuilds the graph and continues from the last
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents.behavior import BehaviorSpec, load_spec_file
 from agents.budget import Budget
@@ -22,6 +22,9 @@ from memory.session import Memory
 from tools.errors import UserInputError
 from tools.tasks.declared import declared_tasks
 
+if TYPE_CHECKING:
+    from agents.llm.settings import LLMSettings
+
 BRAINS = ("heuristic", "openai")
 SMALL_MODEL_PARAMETERS = 100_000_000
 """Models with fewer parameters get ``n = 64`` prompts per set by default, larger ones 32."""
@@ -29,14 +32,16 @@ SMALL_MODEL_PARAMETERS = 100_000_000
 
 def ask(question: str, *, model: str, spec_file: str | None = None, workspace: str | None = None,
         chroma_url: str | None = None, seed: int = 0, n: int | None = None, budget: Budget | None = None,
-        brain: str = "heuristic", remote: bool = False, lock_timeout: float | None = None,
-        progress: Progress | None = None) -> dict[str, Any]:
+        brain: str = "heuristic", llm: "LLMSettings | None" = None, remote: bool = False,
+        lock_timeout: float | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Run a new investigation to the end; return the summary ``sleuth ask --json`` prints."""
     from tools.loading import load_model
 
     budget = budget or Budget()
     if brain not in BRAINS:
         raise UserInputError(f"unknown brain {brain!r}; use one of {', '.join(BRAINS)}")
+    thinker = make_brain(brain, llm)
+    events: list[dict[str, Any]] = []
     if n is not None and n < 1:
         raise UserInputError(f"--n must be at least 1, not {n}")
     if not question.strip() and spec_file is None:
@@ -51,6 +56,9 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
         if n is not None and behavior.task is not None:
             behavior = behavior.model_copy(update={"n": n})
         behavior.check(loaded.tokenizer, context, generator=declared.get(behavior.task or ""))
+    elif hasattr(thinker, "intake"):
+        behavior, events = thinker.intake(question, tokenizer=loaded.tokenizer, n=prompts_n, seed=seed,
+                                          max_length=context, declared=declared)
     else:
         behavior = intake(question, tokenizer=loaded.tokenizer, n=prompts_n, seed=seed, max_length=context,
                           declared=declared)
@@ -65,10 +73,12 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
         run = memory.runs.create(question or behavior.question, loaded.model_id, weights_hash=loaded.weights_hash,
                                  settings={"model": model, "behavior": behavior.model_dump(mode="json"),
                                            "budget": budget.model_dump(mode="json"), "brain": brain,
+                                           "llm": _llm_record(llm) if brain == "openai" else None,
                                            "remote": remote})
         run.update(status="running")
-        return _drive(memory, run, loaded, behavior, {"run_id": run.id, "behavior": behavior.model_dump(mode="json"),
-                                                      "phase": "confirm", "outcomes": []}, progress)
+        state = {"run_id": run.id, "behavior": behavior.model_dump(mode="json"), "phase": "confirm",
+                 "outcomes": [], "llm_events": events}
+        return _drive(memory, run, loaded, behavior, state, progress, thinker)
 
 
 def resume(run_id: str, *, workspace: str | None = None, chroma_url: str | None = None,
@@ -88,8 +98,9 @@ def resume(run_id: str, *, workspace: str | None = None, chroma_url: str | None 
             raise UserInputError(f"the weights of {settings['model']!r} changed since run {run_id} started; "
                                  "start a new run instead")
         behavior = BehaviorSpec.model_validate(settings["behavior"])
+        thinker = make_brain(settings.get("brain", "heuristic"), _llm_settings(settings.get("llm")))
         run.update(status="running")
-        return _drive(memory, run, loaded, behavior, None, progress)
+        return _drive(memory, run, loaded, behavior, None, progress, thinker)
 
 
 def _load(load_model, name: str, remote: bool):
@@ -105,20 +116,71 @@ def _parameters(loaded) -> int:
     return sum(p.numel() for p in loaded.hf_model.parameters())
 
 
-def make_brain(name: str):
+def make_brain(name: str, llm: "LLMSettings | None" = None):
+    """The brain by name: the offline playbook, or an LLM on an OpenAI-compatible endpoint."""
     if name == "heuristic":
         return HeuristicBrain()
-    raise UserInputError(f"the {name!r} brain is not available in this build; use --brain heuristic")
+    from agents.llm.client import LLMClient
+    from agents.llm.settings import LLMSettings
+    from agents.openai_brain import OpenAIBrain
+
+    return OpenAIBrain(LLMClient(llm or LLMSettings()))
+
+
+def _llm_record(llm: "LLMSettings | None") -> dict[str, Any]:
+    """What run.json keeps of the LLM settings (never the key), so a resume talks to the same one."""
+    from agents.llm.settings import LLMSettings
+
+    llm = llm or LLMSettings()
+    return {"model": llm.model, "base_url": llm.base_url, "timeout_s": llm.timeout_s}
+
+
+def _llm_settings(record: dict[str, Any] | None) -> "LLMSettings | None":
+    if not record:
+        return None
+    from agents.llm.settings import LLMSettings
+
+    return LLMSettings(**{k: v for k, v in record.items() if v is not None})
+
+
+def _bind_accounting(brain, run, budget: Budget, progress: Progress) -> None:
+    """LLM usage goes into run.json as it happens; the token and dollar budgets stop calls."""
+    client = getattr(brain, "client", None)
+    if client is None:
+        return
+
+    def count(delta) -> None:
+        c = run.record.cost
+        run.update(cost={"llm_calls": c.llm_calls + delta.calls, "tokens_in": c.tokens_in + delta.tokens_in,
+                         "tokens_out": c.tokens_out + delta.tokens_out, "dollars": c.dollars + delta.dollars})
+        while client.log:
+            run.log_llm_call(client.log.pop(0))
+        progress.update(llm=f"{c.tokens_in + c.tokens_out + delta.tokens_in + delta.tokens_out} tokens, "
+                            f"${c.dollars + delta.dollars:.4f}")
+
+    def limit() -> str | None:
+        c = run.record.cost
+        if budget.max_tokens is not None and c.tokens_in + c.tokens_out >= budget.max_tokens:
+            return f"the budget of {budget.max_tokens} LLM tokens is spent"
+        if budget.max_dollars is not None and c.dollars >= budget.max_dollars:
+            return f"the budget of ${budget.max_dollars:g} is spent"
+        return None
+
+    pending, client.usage = client.usage, type(client.usage)()
+    if pending.calls:
+        count(pending)  # the intake's calls, made before the run existed (their log is flushed too)
+        client.usage.add(pending)
+    client.on_usage, client.limit = count, limit
 
 
 def _drive(memory: Memory, run, loaded, behavior: BehaviorSpec, state: dict[str, Any] | None,
-           progress: Progress | None) -> dict[str, Any]:
+           progress: Progress | None, brain) -> dict[str, Any]:
     settings = run.record.settings
     budget = Budget.model_validate(settings.get("budget") or {})
     toolbox = Toolbox(model=loaded, run=run, behavior=behavior, max_experiments=budget.max_experiments,
-                      max_seconds=budget.max_seconds, memory=memory.vectors,
-                      progress=progress or Progress(enabled=False))
-    brain = make_brain(settings.get("brain", "heuristic"))
+                      max_seconds=budget.max_seconds, max_tokens=budget.max_tokens, max_dollars=budget.max_dollars,
+                      memory=memory.vectors, progress=progress or Progress(enabled=False))
+    _bind_accounting(brain, run, budget, toolbox.progress)
     try:
         asyncio.run(_invoke(brain, toolbox, run, state))
     except KeyboardInterrupt:

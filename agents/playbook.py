@@ -36,9 +36,6 @@ from typing import Any
 from agents.claims import DirectClaim, PathClaim, ProposedClaim, RoutingClaim, SetClaim, SteeringClaim
 from tools.components import parse_component
 
-PHASES = ("confirm", "lens", "rank", "circuit", "roles", "paths", "steer", "critic", "extend", "recheck", "report")
-
-
 class HeuristicBrain:
     """The offline playbook (see the module docstring)."""
 
@@ -107,7 +104,7 @@ class HeuristicBrain:
                     c for c in last["rank"]["order"] if c not in last["rank"]["significant"]]
                 # a circuit that reached the target but failed on fresh prompts is grown with a
                 # margin; one that never reached it gets more room at the same target
-                target = min(0.95, self.target + 0.1 * (extensions + 1)) if faithful else self.target
+                target = min(0.95, self.target + 0.1 * len(faithful)) if faithful else self.target
                 return {"phase": "extend", "jobs": [{
                     "step": "circuit", "order": order, "target": target,
                     "max_size": min(len(order), (2 + extensions) * self.max_circuit)}]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from agents.llm.fence import untrusted_md
 from tools.experiments.prompts import PromptPairs, tokenize_prompts
 
 if TYPE_CHECKING:
@@ -44,5 +45,5 @@ def describe_positions(model: "LoadedModel", prompts: PromptPairs, positions: tu
         changed = batch.corrupted is not None and int(batch.clean[0, i]) != int(batch.corrupted[0, i])
         repeat = int(batch.clean[0, i]) in batch.clean[0, :i].tolist()
         notes = [n for n, on in (("changed by the corruption", changed), ("a repeat of an earlier token", repeat)) if on]
-        labels[p] = f"{token!r}" + (f" ({'; '.join(notes)})" if notes else "")
+        labels[p] = untrusted_md(repr(token)) + (f" ({'; '.join(notes)})" if notes else "")
     return labels

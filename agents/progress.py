@@ -19,7 +19,7 @@ class Progress:
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.width = width
         self.state: dict[str, Any] = {"phase": "start", "experiments": 0, "queued": 0, "done": 0,
-                                      "budget": "unlimited", "hypothesis": None, "note": ""}
+                                      "budget": "unlimited", "hypothesis": None, "note": "", "llm": None}
         self._started = time.monotonic()
         self._shown = False
 
@@ -35,6 +35,8 @@ class Progress:
         s = self.state
         text = (f"[{time.monotonic() - self._started:6.0f}s] {s['phase']:<8} experiments {s['experiments']:>4}  "
                 f"jobs {s['done']}/{s['queued']}  budget left: {s['budget']}")
+        if s["llm"]:
+            text += f"  LLM: {s['llm']}"
         if s["hypothesis"]:
             text += f"  leading: {s['hypothesis']}"
         if s["note"]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
+from agents.llm.fence import md_escape, untrusted_md
+
 if TYPE_CHECKING:
     from agents.steps import Toolbox
     from memory.records import Claim
@@ -39,17 +41,25 @@ def compose_answer(claims: Sequence["Claim"], state: dict[str, Any]) -> str:
     return " ".join(sentences)
 
 
-def markdown_report(toolbox: "Toolbox", state: dict[str, Any], answer: str, status: str) -> str:
-    """A plain Markdown report: the answer, every claim with verdict, numbers and evidence keys."""
+def markdown_report(toolbox: "Toolbox", state: dict[str, Any], answer: str, status: str, *,
+                    written_by_llm: bool = False) -> str:
+    """A plain Markdown report: the answer, every claim with verdict, numbers and evidence keys.
+
+    Text from outside trusted code — the question, the model's tokens, memory, notes, LLM
+    errors — is shown as code spans; an LLM's narrative (``written_by_llm``) and LLM-proposed
+    claims are escaped, so neither can render as links, HTML or formatting."""
     run = toolbox.run
-    lines = [f"# {run.record.question}", "", f"**Status:** {status}  ", f"**Model:** {toolbox.model.model_id} "
-             f"(weights {toolbox.model.weights_hash[:12]})", "", "## Answer", "", answer, "", "## Claims", ""]
+    lines = [f"# Question: {untrusted_md(run.record.question)}", "", f"**Status:** {status}  ",
+             f"**Model:** {untrusted_md(toolbox.model.model_id)} (weights {toolbox.model.weights_hash[:12]})  ",
+             f"**Brain:** {run.record.settings.get('brain', 'heuristic')}", "", "## Answer", "",
+             md_escape(answer) if written_by_llm else answer, "", "## Claims", ""]
     claims = ordered(run.claims())
     if not claims:
         lines.append("No claims were made.")
     for c in claims:
         d = c.details
-        lines.append(f"- **{c.verdict}** `{c.id}` — {c.statement} Prediction: {c.prediction}. Measured "
+        statement = md_escape(c.statement) if d.get("role") == "llm" else c.statement
+        lines.append(f"- **{c.verdict}** {untrusted_md(c.id)} — {statement} Prediction: {c.prediction}. Measured "
                      f"{c.effect:.3f} (95% CI {c.ci_low:.3f}–{c.ci_high:.3f}, n={c.n}); {d['second_method']} "
                      f"{d['second_ablation']['estimate']:.3f} (CI {d['second_ablation']['low']:.3f}–"
                      f"{d['second_ablation']['high']:.3f}); controls ({d['control_kind']}) "
@@ -63,13 +73,13 @@ def markdown_report(toolbox: "Toolbox", state: dict[str, Any], answer: str, stat
         for p in prior:
             if p["kind"] == "question":
                 lines.append(f"- a similar question (similarity {p['similarity']:.2f}, run {p['run_id']}): "
-                             f"{p['text']!r}; its answer began: {(p.get('answer') or '')[:160]!r}")
+                             f"{untrusted_md(p['text'])}; its answer began: {untrusted_md((p.get('answer') or '')[:160])}")
             else:
                 agrees = "this run supports the same components" if tuple(p["components"]) in supported else \
                     "this run did not re-establish exactly these components"
-                lines.append(f"- supported finding from run {p['run_id']}: {p['text']} ({agrees})")
+                lines.append(f"- supported finding from run {p['run_id']}: {untrusted_md(p['text'])} ({agrees})")
     b = toolbox.behavior
-    lines += ["", "## How the question was read", ""] + [f"- {n}" for n in b.notes]
+    lines += ["", "## How the question was read", ""] + [f"- {untrusted_md(n)}" for n in b.notes]
     lines += [f"- Components were found on {_describe_discovery(toolbox)}; the critic tested every claim on "
               f"{toolbox.fresh_kind}."]
     if toolbox.positions:
@@ -78,8 +88,20 @@ def markdown_report(toolbox: "Toolbox", state: dict[str, Any], answer: str, stat
     cost = run.record.cost
     lines += ["", "## Cost", "", f"{cost.experiments} experiments ({cost.cache_hits} from the cache, "
               f"{cost.cache_misses} run); {cost.forward_passes} forward passes; {toolbox.elapsed():.1f} s wall."]
+    if run.record.settings.get("brain") == "openai":
+        llm = run.record.settings.get("llm") or {}
+        lines += [f"LLM ({untrusted_md(llm.get('model', '?'))} at {untrusted_md(llm.get('base_url') or 'OpenAI')}): "
+                  f"{cost.llm_calls} calls, {cost.tokens_in} prompt and {cost.tokens_out} completion tokens, "
+                  f"${cost.dollars:.4f}."]
+        events = state.get("llm_events") or []
+        lines += ["", "## What went wrong with the LLM, and what was done", ""]
+        if not events:
+            lines.append("Nothing: every call succeeded and every answer validated the first time.")
+        for e in events:
+            lines.append(f"- {e['role']}: {untrusted_md(e['error'])}; instead: {e['fallback']}"
+                         + (f" (raw answer: {untrusted_md(e['raw'])})" if e.get("raw") else ""))
     if status == "budget_exhausted":
-        lines += ["", "## Left undone", "", f"The budget ran out in the {state.get('stopped_in')} phase; the "
+        lines += ["", "## Left undone", "", f"The budget ran out in the {state.get('stopped_in')}; the "
                   "phases after it (and the critic's tests of claims not yet made) did not run."]
     return "\n".join(lines) + "\n"
 

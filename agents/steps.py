@@ -133,6 +133,8 @@ class Toolbox:
     max_experiments: int | None = None
     max_seconds: float | None = None
     """Wall-time budget over the whole run (earlier processes' time counts, from ``run.json``)."""
+    max_tokens: int | None = None
+    max_dollars: float | None = None
     started: float = field(default_factory=time.monotonic)
     memory: "VectorMemory | None" = None
     """The vector memory the planner reads before planning and the critic writes verdicts to."""
@@ -202,10 +204,18 @@ class Toolbox:
     def elapsed(self) -> float:
         return self.run.record.cost.wall_s + time.monotonic() - self.started
 
-    def out_of_budget(self) -> bool:
-        if self.max_experiments is not None and self.run.record.cost.experiments >= self.max_experiments:
-            return True
-        return self.max_seconds is not None and self.elapsed() >= self.max_seconds
+    def out_of_budget(self) -> str:
+        """Which budget is spent ("" when none): experiments, wall time, LLM tokens or dollars."""
+        cost = self.run.record.cost
+        if self.max_experiments is not None and cost.experiments >= self.max_experiments:
+            return f"{self.max_experiments} experiments"
+        if self.max_seconds is not None and self.elapsed() >= self.max_seconds:
+            return f"{self.max_seconds:g} s of wall time"
+        if self.max_tokens is not None and cost.tokens_in + cost.tokens_out >= self.max_tokens:
+            return f"{self.max_tokens} LLM tokens"
+        if self.max_dollars is not None and cost.dollars >= self.max_dollars:
+            return f"${self.max_dollars:g} of LLM calls"
+        return ""
 
     def experiment(self, spec):
         result = self.run.experiment(self.model, spec)
@@ -218,6 +228,11 @@ class Toolbox:
             parts.append(f"{max(0, self.max_experiments - self.run.record.cost.experiments)} experiments")
         if self.max_seconds is not None:
             parts.append(f"{max(0.0, self.max_seconds - self.elapsed()):.0f} s")
+        cost = self.run.record.cost
+        if self.max_tokens is not None:
+            parts.append(f"{max(0, self.max_tokens - cost.tokens_in - cost.tokens_out)} tokens")
+        if self.max_dollars is not None:
+            parts.append(f"${max(0.0, self.max_dollars - cost.dollars):.2f}")
         return ", ".join(parts) or "unlimited"
 
     # -- memory ---------------------------------------------------------------------------------

@@ -187,6 +187,21 @@ class Run:
                           "".join(c.model_dump_json() + "\n" for c in self._claims.values()))
         return claim
 
+    # -- LLM calls --------------------------------------------------------------------------
+    def log_llm_call(self, record: dict[str, Any]) -> None:
+        """Append one LLM call's accounting (role, model, tokens, dollars) to ``llm_calls.jsonl``
+        (rewritten atomically: a crash leaves the previous version, never half a line)."""
+        self.store.workspace.require_writer()
+        path = self.folder / "llm_calls.jsonl"
+        previous = path.read_text(encoding="utf-8") if path.exists() else ""
+        atomic_write_text(path, previous + json.dumps({"at": now(), **record}, sort_keys=True) + "\n")
+
+    def llm_calls(self) -> list[dict[str, Any]]:
+        path = self.folder / "llm_calls.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
     # -- reports ----------------------------------------------------------------------------
     def write_report(self, name: str, text: str) -> Path:
         """Write ``reports/<name>`` (``report.md``, ``report.html``...) atomically."""
