@@ -140,6 +140,8 @@ def _print_summary(out: dict, as_json: bool) -> None:
         print(json.dumps(out, indent=1))
         return
     print(f"run {out['run_id']}: {out['status']}")
+    if out.get("note"):
+        print(f"note: {out['note']}")
     print(f"answer: {out['answer']}")
     for c in out["claims"]:
         low, high = c["ci"]

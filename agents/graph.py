@@ -155,7 +155,14 @@ def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
         report_state = {**state, "llm_events": events}
         toolbox.run.write_report("report.md", markdown_report(toolbox, report_state, answer, status,
                                                               written_by_llm=narrated))
-        toolbox.run.update(status=status, answer=answer, cost={"wall_s": toolbox.elapsed()})
+        fell_back = [e for e in events if e.get("fallback") == "heuristic"]
+        error = None
+        if fell_back:
+            roles = sorted({e["role"] for e in fell_back})
+            error = (f"the LLM brain failed in {len(fell_back)} step{'s' * (len(fell_back) > 1)} of "
+                     f"{len(roles)} role{'s' * (len(roles) > 1)} ({', '.join(roles)}); the heuristic brain did "
+                     f"them instead. First failure: {fell_back[0]['error'][:200]}")
+        toolbox.run.update(status=status, answer=answer, error=error, cost={"wall_s": toolbox.elapsed()})
         toolbox.progress.update(phase="done", note=status)
         return {"status": status, "answer": answer, "llm_events": events[len(state.get("llm_events") or []):]}
 

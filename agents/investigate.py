@@ -228,13 +228,16 @@ def summary(run) -> dict[str, Any]:
     r = run.record
     report = run.folder / "reports" / "report.md"
     html = run.folder / "reports" / "report.html"
-    return {"run_id": r.id, "status": r.status, "answer": r.answer,
+    out = {"run_id": r.id, "status": r.status, "answer": r.answer,
             "claims": [{"id": c.id, "statement": c.statement, "components": c.components, "verdict": c.verdict,
                         "effect": c.effect, "ci": [c.ci_low, c.ci_high], "n": c.n} for c in ordered(run.claims())],
             "report": {"md": str(report) if report.exists() else None, "html": str(html) if html.exists() else None},
             "cost": {"experiments": r.cost.experiments, "forward_passes": r.cost.forward_passes,
                      "wall_s": round(r.cost.wall_s, 2), "tokens": r.cost.tokens_in + r.cost.tokens_out,
                      "dollars": r.cost.dollars}}
+    if r.error:
+        out["note"] = r.error  # what went wrong (an LLM brain that fell back to the heuristic)
+    return out
 
 
 __all__ = ["ask", "resume", "summary"]

@@ -107,6 +107,25 @@ class OpenAIBrain:
         self.client = client
         self.fallback = fallback or HeuristicBrain()
         self.max_invalid = client.settings.max_invalid
+        self.unavailable: str | None = None
+        """Why the endpoint is taken to be down (after a call failed every retry): the rest of
+        this process's run uses the heuristic brain instead of waiting out each retry again."""
+        self._skipped: set[str] = set()
+
+    def _down(self, role: str) -> list[dict[str, Any]] | None:
+        """None when the endpoint may be called; else the events of skipping it in ``role``."""
+        if self.unavailable is None:
+            return None
+        if role in self._skipped:
+            return []
+        self._skipped.add(role)
+        return [{"role": role, "error": f"not called: {self.unavailable}", "fallback": "heuristic"}]
+
+    def _note(self, error: Exception) -> None:
+        from agents.llm.errors import LLMUnavailableError
+
+        if isinstance(error, LLMUnavailableError):
+            self.unavailable = f"the endpoint failed earlier in this run ({str(error)[:160]})"
 
     # -- intake ----------------------------------------------------------------------------------
     def intake(self, question: str, *, tokenizer, n: int, seed: int, max_length: int | None,
@@ -136,6 +155,7 @@ class OpenAIBrain:
             raise LLMError(f"the intake's behaviour failed the tokenizer checks {len(problems)} times; "
                            f"last: {problems[-1]}")
         except LLMError as error:
+            self._note(error)
             spec = heuristic_intake(question, tokenizer=tokenizer, n=n, seed=seed, max_length=max_length,
                                     declared=declared)
             return spec, self._recovered("intake", []) + [event("intake", error)]
@@ -163,6 +183,9 @@ class OpenAIBrain:
         if suggestion["phase"] == "report" and phase not in ("critic", "recheck"):
             return suggestion  # nothing left to decide: the behaviour is absent or the playbook is done
         role = "critic" if phase in ("critic", "recheck") else "worker" if suggestion.get("claims") else "planner"
+        skipped = self._down(role)
+        if skipped is not None:
+            return {**suggestion, "llm_events": skipped} if skipped else suggestion
         conversation = messages(role, question=fence(state.get("behavior", {}).get("question", ""), "question"),
                                 state=fence(summarise(state), "results"), suggestion=fence(_brief(suggestion),
                                                                                             "suggestion"),
@@ -177,6 +200,7 @@ class OpenAIBrain:
                     "stopped_in": f"{phase} phase ({error})",
                     "llm_events": self._recovered(role, problems) + [event(role, error, fallback="stopped: budget")]}
         except LLMError as error:
+            self._note(error)
             return {**suggestion, "llm_events": self._recovered(role, problems[:-1]) + [event(role, error)]}
         plan = self._combine(state, suggestion, calls, phase)
         recovered = self._recovered(role, problems)
@@ -225,6 +249,9 @@ class OpenAIBrain:
     # -- writing --------------------------------------------------------------------------------
     def write(self, question: str, claims: list, evidence: set[str]) -> tuple[str | None, list[dict[str, Any]]]:
         """The narrative answer (numbers filled from ``claims``), or None with the event on failure."""
+        skipped = self._down("reporter")
+        if skipped is not None:
+            return None, skipped
         table = [{"id": c.id, "statement": c.statement, "verdict": c.verdict, "effect": c.effect,
                   "ci": [c.ci_low, c.ci_high], "n": c.n, "threshold": c.details.get("threshold"),
                   "evidence": [k[:12] for k in c.evidence]} for c in claims]
@@ -236,6 +263,7 @@ class OpenAIBrain:
             ((_, narrative),) = call_tools(self.client, conversation, WRITE_TOOLS, max_invalid=self.max_invalid,
                                            check=lambda _, n: check_narrative(n, ids, evidence), errors=problems)
         except (LLMError, ValueError) as error:
+            self._note(error)
             return None, self._recovered("reporter", problems[:-1]) + [event("reporter", error)]
         return fill_narrative(narrative, claims), self._recovered("reporter", problems)
 
