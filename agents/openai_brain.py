@@ -313,15 +313,13 @@ def _hypotheses(calls) -> list[str]:
 
 
 def _check_experiment(job: ExperimentJob) -> None:
-    """An experiment spec must parse before it may run (prompts are bound by trusted code)."""
-    from tools.experiments import parse_spec
-    from tools.errors import SpecError
+    """An experiment spec must parse before it may run (prompts are bound by trusted code; a
+    one-prompt task stands in for them here)."""
+    from tools.experiments import PromptPairs
 
-    if "prompts" in job.spec:
-        raise ValueError("an experiment names its prompt set (prompts: discovery or fresh), not prompts")
     try:
-        parse_spec({**job.spec, "prompts": {"task": "ioi", "n": 1}})
-    except SpecError as error:
+        job.bind(PromptPairs(task="ioi", n=1))
+    except UserInputError as error:  # SpecError included
         raise ValueError(f"experiment spec: {error}") from None
     except Exception as error:  # pydantic's own validation error, say
         raise ValueError(f"experiment spec: {str(error).splitlines()[0]}") from None

@@ -69,7 +69,7 @@ class HeuristicBrain:
             return {"phase": "rank", "jobs": [{"step": "rank"}]}
         if phase == "rank":
             rank = last["rank"]
-            order = list(rank["significant"]) + [c for c in rank["order"] if c not in rank["significant"]]
+            order = circuit_candidates(rank)
             return {"phase": "circuit", "hypotheses": [self._rank_hypothesis(rank)],
                     "jobs": [{"step": "circuit", "order": order, "target": self.target,
                               "max_size": self.max_circuit}]}
@@ -100,8 +100,7 @@ class HeuristicBrain:
             circuit = last["circuit"]
             if not done and extensions < self.max_extensions and \
                     len(circuit["components"]) < len(last["rank"]["order"]):
-                order = list(last["rank"]["significant"]) + [
-                    c for c in last["rank"]["order"] if c not in last["rank"]["significant"]]
+                order = circuit_candidates(last["rank"])
                 # a circuit that reached the target but failed on fresh prompts is grown with a
                 # margin; one that never reached it gets more room at the same target
                 target = min(0.95, self.target + 0.1 * len(faithful)) if faithful else self.target
@@ -272,6 +271,12 @@ def _changed_label(lens: dict) -> str:
     changed = [f"{label.split(' (')[0]} at position {p}" + (", a repeat of an earlier token" if "repeat" in label else "")
                for p, label in lens["labels"].items() if "changed" in label]
     return f" (in the first prompt: {', '.join(changed)})" if changed else ""
+
+
+def circuit_candidates(rank: dict) -> list[str]:
+    """The ranking with its significant components first (pruning: they go deeper first)."""
+    significant = set(rank["significant"])
+    return list(rank["significant"]) + [c for c in rank["order"] if c not in significant]
 
 
 def latest_outcomes(state: dict[str, Any]) -> dict[str, dict]:

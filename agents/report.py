@@ -116,7 +116,9 @@ def _describe_discovery(toolbox: "Toolbox") -> str:
 
 def _findings(state: dict[str, Any]) -> list[str]:
     """What the exploration steps measured (before claims): the lens, the ranking, roles."""
-    last = {o["step"]: o for o in state.get("outcomes", [])}
+    from agents.playbook import latest_outcomes
+
+    last = latest_outcomes(state)
     lines = ["", "## What the exploration measured", ""]
     if "confirm" in last:
         c = last["confirm"]

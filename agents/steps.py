@@ -117,6 +117,17 @@ class ExperimentJob(_Job):
     """A spec of `tools.experiments` without ``prompts`` (parsed and validated before it runs)."""
     prompts: Literal["discovery", "fresh"] = "discovery"
 
+    def bind(self, prompts: PromptPairs):
+        """The validated experiment spec on ``prompts`` (the set this job names).
+
+        Raises:
+            UserInputError: the spec carries prompts of its own, or names no known kind.
+            SpecError, pydantic.ValidationError: a field that does not validate (named).
+        """
+        if "prompts" in self.spec:
+            raise UserInputError("an experiment job names its prompt set (discovery or fresh), not prompts")
+        return parse_spec({**self.spec, "prompts": prompts.model_dump(mode="json")})
+
 
 Job = Annotated[Union[ConfirmJob, LensJob, RankJob, CircuitJob, RolesJob, PathsJob, SteerJob, ExamineJob,
                       ExperimentJob], Field(discriminator="step")]
@@ -347,9 +358,7 @@ class Toolbox:
 
     def _do_experiment(self, job: ExperimentJob) -> dict[str, Any]:
         prompts = self.prompts if job.prompts == "discovery" else self.fresh_prompts
-        if "prompts" in job.spec:
-            raise UserInputError("an experiment job names its prompt set (discovery or fresh), not prompts")
-        result = self.experiment(parse_spec({**job.spec, "prompts": prompts.model_dump(mode="json")}))
+        result = self.experiment(job.bind(prompts))
         summary = {k: v for k, v in result.model_dump(mode="json").items() if k not in ("spec", "provenance")}
         return {"kind": result.spec.kind, "summary": summary, "evidence": [result.key]}
 
