@@ -22,7 +22,7 @@ import operator
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 from agents.critic import ClaimTest, holm_adjust, verdict_for
-from agents.report import compose_answer, markdown_report, ordered
+from agents.report.answer import compose_answer, ordered
 from memory.records import Claim
 
 if TYPE_CHECKING:
@@ -57,6 +57,9 @@ class InvestigationState(TypedDict):
     """What memory knew before the run (findings about this model and behaviour)."""
     status: Annotated[str, _replace]
     answer: Annotated[str, _replace]
+    answer_source: Annotated[str, _replace]
+    """Where the answer comes from: ``claims`` (composed from them), ``no_behaviour`` (the model
+    does not show the behaviour), ``narrative`` (an LLM's, numbers filled from the claims)."""
     stopped_in: Annotated[str, _replace]
     rounds: Annotated[int, operator.add]
     budget_left: Annotated[str, _replace]
@@ -84,8 +87,8 @@ def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
         update["rounds"] = 1
         update["budget_left"] = toolbox.budget_left()
         plan = brain.plan({**state, **update})
-        update.update({k: v for k, v in plan.items() if k in ("phase", "jobs", "claims", "answer", "hypotheses",
-                                                               "status", "stopped_in", "llm_events")})
+        update.update({k: v for k, v in plan.items() if k in ("phase", "jobs", "claims", "answer", "answer_source",
+                                                               "hypotheses", "status", "stopped_in", "llm_events")})
         if "jobs" not in update:
             update["jobs"] = []
         toolbox.progress.update(phase=update.get("phase", state.get("phase")), queued=len(update["jobs"]),
@@ -107,10 +110,12 @@ def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
         return {"outcomes": [outcome]}
 
     def critic(state: InvestigationState) -> dict[str, Any]:
-        tests = [o["test"] for o in state.get("outcomes", []) if o["step"] == "examine"]
-        if not tests:
+        examined = [o for o in state.get("outcomes", []) if o["step"] == "examine"]
+        toolbox.run.write_investigation(investigation_record(toolbox, state))
+        if not examined:
             return {}
-        adjusted = holm_adjust([ClaimTest.model_validate(t) for t in tests])
+        seeds = {o["test"]["claim"]["id"]: o.get("seed") for o in examined}
+        adjusted = holm_adjust([ClaimTest.model_validate(o["test"]) for o in examined])
         verdicts = {t.claim.id: verdict_for(t) for t in adjusted}
         by_id = {c["claim"]["id"]: c for c in state.get("claims", [])}
         for t in adjusted:
@@ -124,7 +129,8 @@ def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
                 details={"kind": t.claim.kind, "role": proposed.get("role", ""), "threshold": t.claim.threshold,
                          "second_method": t.second_method, "second_ablation": t.second_ablation.model_dump(),
                          "control_kind": t.control_kind, "controls": list(t.controls),
-                         "p_value": t.p_value, "adjusted_p": t.adjusted_p})
+                         "p_value": t.p_value, "adjusted_p": t.adjusted_p, "seed": seeds.get(t.claim.id),
+                         "claim": t.claim.model_dump(mode="json", exclude={"estimated_on"})})
             toolbox.run.add_claim(claim)
             toolbox.remember(claim)
         toolbox.progress.update(note=f"critic: {sum(v == 'supported' for v in verdicts.values())} of "
@@ -135,8 +141,10 @@ def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
         status = state.get("status") or "answered"
         events = list(state.get("llm_events") or [])
         claims = toolbox.run.claims()
-        answer = state.get("answer") or compose_answer(claims, state)
-        narrated = False
+        lens = next((o for o in reversed(state.get("outcomes") or []) if o["step"] == "lens"), {})
+        answer = state.get("answer") or compose_answer(claims, lens.get("tokens"))
+        source = state.get("answer_source") or ("text" if state.get("answer") else "claims")
+        narrative = None
         write = getattr(brain, "write", None)
         if write is not None and claims and not state.get("answer"):
             if status == "budget_exhausted":
@@ -146,15 +154,15 @@ def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
                 evidence = {k for c in claims for k in c.evidence}
                 narrative, failed = write(toolbox.run.record.question, ordered(claims), evidence)
                 events += failed
-                answer, narrated = narrative or answer, narrative is not None
+                if narrative is not None:
+                    from agents.narrative import fill_narrative
+
+                    answer, source = fill_narrative(narrative, claims), "narrative"
         if status == "answered" and any(e.get("fallback") == "heuristic" for e in events):
             status = "degraded"
         if status == "budget_exhausted":
             answer = (f"The budget ran out during the {state.get('stopped_in')}; what is below is what "
                       f"was established by then. {answer}")
-        report_state = {**state, "llm_events": events}
-        toolbox.run.write_report("report.md", markdown_report(toolbox, report_state, answer, status,
-                                                              written_by_llm=narrated))
         fell_back = [e for e in events if e.get("fallback") == "heuristic"]
         error = None
         if fell_back:
@@ -163,6 +171,13 @@ def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
                      f"{len(roles)} role{'s' * (len(roles) > 1)} ({', '.join(roles)}); the heuristic brain did "
                      f"them instead. First failure: {fell_back[0]['error'][:200]}")
         toolbox.run.update(status=status, answer=answer, error=error, cost={"wall_s": toolbox.elapsed()})
+        record = investigation_record(toolbox, {**state, "llm_events": events}, answer={
+            "source": source, "text": answer if source == "text" else None,
+            "narrative": narrative.model_dump(mode="json") if narrative is not None else None})
+        toolbox.run.write_investigation(record)
+        from agents.report.render import write_reports
+
+        write_reports(toolbox.run)
         toolbox.progress.update(phase="done", note=status)
         return {"status": status, "answer": answer, "llm_events": events[len(state.get("llm_events") or []):]}
 
@@ -183,3 +198,26 @@ def _prediction(test: ClaimTest) -> str:
     from agents.claims import describe_prediction
 
     return describe_prediction(test.claim)
+
+
+def investigation_record(toolbox: "Toolbox", state: dict[str, Any], *, answer: dict[str, Any] | None = None
+                         ) -> dict[str, Any]:
+    """What ``investigation.json`` keeps: every step's outcome (with its evidence keys), what
+    memory knew, LLM events, and how the prompts were drawn — what a report is rebuilt from."""
+    from agents.report.build import describe_discovery
+    from tools.experiments.prompts import resolve_prompts
+
+    examples = {}
+    for name, prompts in (("discovery", toolbox.prompts), ("fresh", toolbox.fresh_prompts)):
+        items = resolve_prompts(prompts, toolbox.model.tokenizer)
+        if items:
+            first = items[0]
+            examples[name] = {"n": len(items), "clean": first.clean, "corrupted": first.corrupted,
+                              "answer": first.answer, "foil": first.foil}
+    return {"outcomes": list(state.get("outcomes") or []), "prior": list(state.get("prior") or []),
+            "llm_events": list(state.get("llm_events") or []), "stopped_in": state.get("stopped_in"),
+            "hypotheses": list(state.get("hypotheses") or []), "answer": answer,
+            "context": {"discovery": describe_discovery(toolbox), "fresh": toolbox.fresh_kind,
+                        "positions": list(toolbox.positions or ()), "family": toolbox.model.adapter.family,
+                        "discovery_prompts": toolbox.prompts.model_dump(mode="json"),
+                        "fresh_prompts": toolbox.fresh_prompts.model_dump(mode="json"), "examples": examples}}

@@ -202,8 +202,8 @@ async def _invoke(brain, toolbox: Toolbox, run, state: dict[str, Any] | None) ->
         await graph.ainvoke(state, config, durability="sync")
 
 
-def report_text(run_id: str, *, workspace: str | None = None) -> str:
-    """The Markdown report of a finished run (``sleuth report``); reads only."""
+def open_run(run_id: str, *, workspace: str | None = None):
+    """A run of a workspace for reading (``latest``: the newest run that loads)."""
     from memory.runstore import RunStore
     from memory.workspace import Workspace
 
@@ -213,17 +213,23 @@ def report_text(run_id: str, *, workspace: str | None = None) -> str:
         if not ids:
             raise UserInputError("the workspace has no runs yet; `sleuth ask` starts one")
         run_id = ids[-1]
-    run = store.open(run_id)
-    path = run.folder / "reports" / "report.md"
-    if not path.exists():
-        raise UserInputError(f"run {run_id} has no report yet (status {run.record.status}); "
-                             f"`sleuth resume {run_id}` finishes it")
-    return path.read_text(encoding="utf-8")
+    return store.open(run_id)
+
+
+def report_text(run_id: str, *, workspace: str | None = None, fmt: str = "md") -> str:
+    """A run's report (``sleuth report``), rebuilt from its stored results; reads only."""
+    from agents.report.render import render
+
+    run = open_run(run_id, workspace=workspace)
+    if run.investigation() is None:
+        raise UserInputError(f"run {run.id} has no report yet (status {run.record.status}); "
+                             f"`sleuth resume {run.id}` finishes it")
+    return render(run, fmt)
 
 
 def summary(run) -> dict[str, Any]:
     """What ``sleuth ask --json`` ends with."""
-    from agents.report import ordered
+    from agents.report.answer import ordered
 
     r = run.record
     report = run.folder / "reports" / "report.md"

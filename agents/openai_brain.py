@@ -34,7 +34,7 @@ from agents.llm.client import LLMClient
 from agents.llm.errors import LLMBudgetExhausted, LLMError
 from agents.llm.fence import fence
 from agents.llm.tools import Tool, call_tools
-from agents.narrative import Narrative, check_narrative, fill_narrative
+from agents.narrative import Narrative, check_narrative
 from agents.playbook import HeuristicBrain
 from agents.prompts import messages
 from agents.steps import (
@@ -247,8 +247,9 @@ class OpenAIBrain:
         return plan
 
     # -- writing --------------------------------------------------------------------------------
-    def write(self, question: str, claims: list, evidence: set[str]) -> tuple[str | None, list[dict[str, Any]]]:
-        """The narrative answer (numbers filled from ``claims``), or None with the event on failure."""
+    def write(self, question: str, claims: list, evidence: set[str]) -> tuple[Narrative | None, list[dict[str, Any]]]:
+        """The narrative answer (checked; trusted code fills its numbers from the stored claims),
+        or None with the event on failure."""
         skipped = self._down("reporter")
         if skipped is not None:
             return None, skipped
@@ -265,7 +266,7 @@ class OpenAIBrain:
         except (LLMError, ValueError) as error:
             self._note(error)
             return None, self._recovered("reporter", problems[:-1]) + [event("reporter", error)]
-        return fill_narrative(narrative, claims), self._recovered("reporter", problems)
+        return narrative, self._recovered("reporter", problems)
 
 
 def event(role: str, error: Exception, *, fallback: str = "heuristic") -> dict[str, Any]:
@@ -294,7 +295,7 @@ def summarise(state: dict[str, Any]) -> dict[str, Any]:
             outcomes.append({"step": step, "top": [(c, o["effects"][c]) for c in o["order"][:12]],
                              "significant": len(o["significant"])})
         else:
-            outcomes.append({k: v for k, v in o.items() if k not in ("evidence", "tried")})
+            outcomes.append({k: v for k, v in o.items() if k not in ("evidence", "tried", "tokens")})
     return {"behavior": {k: v for k, v in state.get("behavior", {}).items() if k in ("task", "prompts", "answers",
                                                                                      "foils", "corrupted", "n")},
             "phase": state.get("phase"), "outcomes": outcomes,

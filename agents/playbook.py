@@ -34,7 +34,9 @@ import math
 from typing import Any
 
 from agents.claims import DirectClaim, PathClaim, ProposedClaim, RoutingClaim, SetClaim, SteeringClaim
+from agents.report.answer import no_behaviour_answer
 from tools.components import parse_component
+
 
 class HeuristicBrain:
     """The offline playbook (see the module docstring)."""
@@ -60,10 +62,7 @@ class HeuristicBrain:
         if phase == "confirm":
             c = last["confirm"]
             if not (c["logit_diff"] > 0 and c["prefers_answer"] >= 0.5):
-                return {"phase": "report", "jobs": [], "answer": (
-                    f"The model does not show the behaviour: it prefers the answer to the foil on "
-                    f"{c['prefers_answer']:.0%} of the prompts (mean logit difference {c['logit_diff']:.2f}, "
-                    f"top-1 accuracy {c['accuracy']:.2f}); there is no mechanism to localise.")}
+                return {"phase": "report", "jobs": [], "answer": no_behaviour_answer(c), "answer_source": "no_behaviour"}
             return {"phase": "lens", "jobs": [{"step": "lens"}]}
         if phase == "lens":
             return {"phase": "rank", "jobs": [{"step": "rank"}]}

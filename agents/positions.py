@@ -34,16 +34,27 @@ def scope_positions(model: "LoadedModel", prompts: PromptPairs) -> tuple[int, ..
     return tuple(range(-depth, 0)) if depth > 0 else None
 
 
-def describe_positions(model: "LoadedModel", prompts: PromptPairs, positions: tuple[int, ...]) -> dict[int, str]:
-    """A label per position of the first prompt: its token, and whether the corruption changes it."""
+def position_tokens(model: "LoadedModel", prompts: PromptPairs, positions: tuple[int, ...]) -> dict[int, dict]:
+    """Per position of the first prompt: its token as text, whether the corruption changes it,
+    and whether it repeats an earlier token."""
     batch = tokenize_prompts(model, prompts, need_corrupted=prompts.has_corrupted, aligned=prompts.has_corrupted)
     length = int(batch.lengths[0])
-    labels = {}
+    out = {}
     for p in positions:
         i = length + p if p < 0 else p
-        token = model.tokenizer.decode([int(batch.clean[0, i])])
-        changed = batch.corrupted is not None and int(batch.clean[0, i]) != int(batch.corrupted[0, i])
-        repeat = int(batch.clean[0, i]) in batch.clean[0, :i].tolist()
-        notes = [n for n, on in (("changed by the corruption", changed), ("a repeat of an earlier token", repeat)) if on]
-        labels[p] = untrusted_md(repr(token)) + (f" ({'; '.join(notes)})" if notes else "")
-    return labels
+        out[p] = {"token": model.tokenizer.decode([int(batch.clean[0, i])]),
+                  "changed": batch.corrupted is not None and int(batch.clean[0, i]) != int(batch.corrupted[0, i]),
+                  "repeat": int(batch.clean[0, i]) in batch.clean[0, :i].tolist()}
+    return out
+
+
+def label_position(token: dict) -> str:
+    """``'Mary'`` as a code span, with what is special about it (for Markdown text)."""
+    notes = [n for n, on in (("changed by the corruption", token["changed"]),
+                             ("a repeat of an earlier token", token["repeat"])) if on]
+    return untrusted_md(repr(token["token"])) + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def describe_positions(model: "LoadedModel", prompts: PromptPairs, positions: tuple[int, ...]) -> dict[int, str]:
+    """A label per position of the first prompt: its token, and whether the corruption changes it."""
+    return {p: label_position(t) for p, t in position_tokens(model, prompts, positions).items()}

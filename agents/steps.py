@@ -25,7 +25,6 @@ step           what it runs
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -37,9 +36,9 @@ from agents.behavior import BehaviorSpec
 from agents.claims import AnyClaim
 from agents.critic import examine_claim
 from agents.localize import grow_circuit, rank_components
-from agents.positions import describe_positions, scope_positions
+from agents.positions import label_position, position_tokens, scope_positions
+from agents.readouts import STEER_ALPHAS, read_confirm, read_lens, read_paths, read_roles, read_steer
 from agents.progress import Progress
-from tools.components import parse_component
 from tools.errors import UserInputError
 from tools.experiments import (
     ActivationPatchingSpec,
@@ -282,23 +281,16 @@ class Toolbox:
         return {"step": parsed.step, **outcome}
 
     def _do_confirm(self, job: ConfirmJob) -> dict[str, Any]:
-        result = self.experiment(BehaviourExperimentSpec(prompts=self.prompts))
-        prefers = float((result.tensors["logit_diff"] > 0).double().mean())
-        return {"accuracy": result.accuracy, "logit_diff": result.logit_diff, "prefers_answer": prefers,
-                "n": result.n_prompts, "corrupted_logit_diff": result.corrupted_logit_diff,
-                "evidence": [result.key]}
+        return read_confirm(self.experiment(BehaviourExperimentSpec(prompts=self.prompts)))
 
     def _do_lens(self, job: LensJob) -> dict[str, Any]:
         lens = self.experiment(LogitLensSpec(prompts=self.prompts))
         positions = self.positions or (-1,)
         resid = self.experiment(ActivationPatchingSpec(
             prompts=self.prompts, sweeps=(PatchSweep(site="resid_pre", per_position=True),), positions=positions))
-        grid = _nan_to_none(resid.tensors["effect.resid_pre_by_pos"].tolist())
-        labels = describe_positions(self.model, self.prompts, positions)
-        return {"lens": [{"site": l.site, "logit_diff": l.logit_diff, "top1": l.top1, "rank": l.answer_rank}
-                         for l in lens.layers],
-                "positions": list(positions), "labels": {str(k): v for k, v in labels.items()},
-                "resid": grid, "evidence": [lens.key, resid.key]}
+        tokens = position_tokens(self.model, self.prompts, positions)
+        return {**read_lens(lens, resid), "labels": {str(p): label_position(t) for p, t in tokens.items()},
+                "tokens": {str(p): t for p, t in tokens.items()}}
 
     def _do_rank(self, job: RankJob) -> dict[str, Any]:
         experiment = _CountingRun(self)
@@ -313,48 +305,27 @@ class Toolbox:
 
     def _do_roles(self, job: RolesJob) -> dict[str, Any]:
         dla = self.experiment(DirectLogitAttributionSpec(prompts=self.prompts))
-        attention = self.experiment(AttentionPatternSpec(prompts=self.prompts, saved_prompts=0, from_last=True))
+        # the first prompt's full patterns are kept for the report's attention figure
+        attention = self.experiment(AttentionPatternSpec(prompts=self.prompts, saved_prompts=1, from_last=True))
         paths = self.experiment(PathPatchingSpec(prompts=self.prompts, receivers=("logits",), senders=job.components))
-        heads = dla.tensors["head"].double().mean(-1)  # [layer, head]
-        mlps = dla.tensors["mlp"].double().mean(-1)
-        direct = dict(zip(paths.senders, paths.tensors["effect.senders"].tolist()))
-        roles = {}
-        for name in job.components:
-            c = parse_component(name)
-            entry: dict[str, Any] = {
-                "dla": float(heads[c.layer, c.head] if c.kind == "head" else mlps[c.layer]),
-                "direct": None if _bad(direct.get(name)) else paths.base_effect - direct[name]}
-            if c.kind == "head":
-                for score in attention.scored:
-                    value = float(attention.tensors[f"score.{score}"][c.layer, c.head])
-                    entry[score] = None if math.isnan(value) else value
-            roles[name] = entry
-        return {"roles": roles, "logit_diff": dla.logit_diff, "evidence": [dla.key, attention.key, paths.key]}
+        length = int(attention.tensors["pattern_lengths"][0])
+        tokens = [self.model.tokenizer.decode([int(t)]) for t in attention.tensors["pattern_tokens"][0, :length]]
+        return {**read_roles(job.components, dla, attention, paths), "tokens": tokens}
 
     def _do_paths(self, job: PathsJob) -> dict[str, Any]:
-        out, evidence = {}, []
-        for part in ("q", "k", "v"):
-            result = self.experiment(PathPatchingSpec(prompts=self.prompts, receivers=(f"{job.receiver}.{part}",),
-                                                      senders=job.senders))
-            effects = dict(zip(result.senders, result.tensors["effect.senders"].tolist()))
-            out[part] = {s: (None if _bad(e) else result.base_effect - e) for s, e in effects.items()}
-            evidence.append(result.key)
-        return {"receiver": job.receiver, "carried": out, "evidence": evidence}
+        results = [self.experiment(PathPatchingSpec(prompts=self.prompts, receivers=(f"{job.receiver}.{part}",),
+                                                    senders=job.senders)) for part in ("q", "k", "v")]
+        return read_paths(job.receiver, results)
 
     def _do_steer(self, job: SteerJob) -> dict[str, Any]:
         site = f"resid_pre.{job.layer}"
-        result = self.experiment(SteeringSpec(
-            prompts=self.prompts, site=site, positions=(job.position,), alphas=(-1.0, 0.0, 1.0),
-            direction=MeanDifferenceDirection(site=site, position=job.position)))
-        base = result.baseline_logit_diff
-        removed = None if abs(base) < 1e-9 else (base - result.logit_diff[0]) / base
-        control = None if abs(base) < 1e-9 else (base - result.control_logit_diff[0]) / base
-        return {"site": site, "position": job.position, "removed": removed, "control_removed": control,
-                "logit_diff": list(result.logit_diff), "norm": result.direction_norm, "evidence": [result.key]}
+        return read_steer(self.experiment(SteeringSpec(
+            prompts=self.prompts, site=site, positions=(job.position,), alphas=STEER_ALPHAS,
+            direction=MeanDifferenceDirection(site=site, position=job.position))))
 
     def _do_examine(self, job: ExamineJob) -> dict[str, Any]:
         test = examine_claim(_CountingRun(self), self.model, job.claim, self.fresh_prompts, seed=job.seed)
-        return {"test": test.model_dump(mode="json")}
+        return {"test": test.model_dump(mode="json"), "seed": job.seed}
 
     def _do_experiment(self, job: ExperimentJob) -> dict[str, Any]:
         prompts = self.prompts if job.prompts == "discovery" else self.fresh_prompts
@@ -377,10 +348,3 @@ def _pairs(items) -> PromptPairs:
     return PromptPairs(clean=[i.clean for i in items], corrupted=[i.corrupted for i in items],
                        answer=[i.answer for i in items], foil=[i.foil for i in items])
 
-
-def _bad(value: float | None) -> bool:
-    return value is None or math.isnan(value)
-
-
-def _nan_to_none(rows):
-    return [[None if _bad(v) else v for v in row] for row in rows]

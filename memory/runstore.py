@@ -202,6 +202,23 @@ class Run:
             return []
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
+    # -- what the investigation measured (the graph's outcomes) ----------------------------
+    def write_investigation(self, data: dict[str, Any]) -> None:
+        """``investigation.json``: what each step of the investigation measured and the keys of
+        the experiments it rests on, so a report can be rebuilt from this folder alone."""
+        self.store.workspace.require_writer()
+        atomic_write_text(self.folder / "investigation.json", json.dumps(data, indent=1, sort_keys=True))
+
+    def investigation(self) -> dict[str, Any] | None:
+        """The last ``investigation.json`` written, or None before the first."""
+        path = self.folder / "investigation.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise StorageError(f"run {self.id}: investigation.json does not hold an object")
+        return data
+
     # -- reports ----------------------------------------------------------------------------
     def write_report(self, name: str, text: str) -> Path:
         """Write ``reports/<name>`` (``report.md``, ``report.html``...) atomically."""
@@ -317,6 +334,13 @@ def check_run_folder(folder: Path) -> str | None:
         _read_claims(folder / "claims.jsonl")
     except (ValueError, OSError) as e:
         return f"claims.jsonl: {e}"
+    investigation = folder / "investigation.json"
+    if investigation.exists():
+        try:
+            if not isinstance(json.loads(investigation.read_bytes()), dict):
+                return "investigation.json: not an object"
+        except (ValueError, OSError) as e:
+            return f"investigation.json: {e}"
     experiments = folder / "experiments"
     if experiments.is_dir():
         for path in sorted(experiments.glob("*.json")):
