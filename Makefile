@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test organisms clean
+.PHONY: setup browser demo test organisms clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,16 @@ demo: $(STAMP)
 	$(VENV)/bin/sleuth ask "indirect object identification" --workspace sleuth-workspace
 	$(VENV)/bin/sleuth report latest --workspace sleuth-workspace
 
-test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+# Debian's Chromium and its driver, for the browser tests of the reports (never a downloaded browser)
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	fi
+
+test: $(STAMP) browser
+	SLEUTH_REQUIRE_BROWSER=1 $(PY) -m pytest -q --durations=15
 
 # Retrain both shipped organisms from their seed (~25 min on 2 cores); overwrites evals/organisms/
 organisms: $(STAMP)

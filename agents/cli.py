@@ -147,7 +147,8 @@ def _print_summary(out: dict, as_json: bool) -> None:
         low, high = c["ci"]
         print(f"  [{c['verdict']}] {c['statement']}  (measured {c['effect']:.3f}, 95% CI {low:.3f}-{high:.3f}, n={c['n']})")
     cost = out["cost"]
-    print(f"cost: {cost['experiments']} experiments, {cost['wall_s']:.1f} s; report: {out['report']['md']}")
+    print(f"cost: {cost['experiments']} experiments, {cost['forward_passes']} forward passes, {cost['wall_s']:.1f} s")
+    print(f"report: {out['report']['html']} (also {out['report']['md']})")
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
@@ -184,11 +185,36 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from agents.investigate import report_text
+    from agents.investigate import open_run, report_text
 
-    if args.format != "md":
-        raise UserInputError("only --format md exists so far (the HTML report comes with the reports issue)")
-    print(report_text(args.run_id, workspace=args.workspace), end="")
+    fmt = args.format or ("html" if args.open else "md")
+    if fmt not in ("md", "html"):
+        raise UserInputError(f"--format must be md or html, not {fmt!r}")
+    if not args.open:
+        print(report_text(args.run_id, workspace=args.workspace, fmt=fmt), end="")
+        return 0
+    from agents.report.render import write_reports
+
+    run = open_run(args.run_id, workspace=args.workspace)
+    if run.investigation() is None:
+        raise UserInputError(f"run {run.id} has no report yet (status {run.record.status})")
+    # the reports are derived files: refresh them in place (atomic writes, no lock needed)
+    paths = write_reports(run, folder=run.folder / "reports")
+    path = paths[fmt]
+    print(path)
+    import webbrowser
+
+    if not webbrowser.open(path.resolve().as_uri()):
+        print(f"note: no browser could be started here; open {path} yourself", file=sys.stderr)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from agents.serve import serve
+
+    if not 0 <= args.port <= 65535:
+        raise UserInputError(f"--port must be between 0 and 65535, not {args.port}")
+    serve(args.workspace, port=args.port)
     return 0
 
 
@@ -267,11 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
         writer.add_argument("--json", action="store_true", help="end with one JSON object")
         writer.set_defaults(func=command)
 
-    rp = sub.add_parser("report", help="print a run's report")
+    rp = sub.add_parser("report", help="print a run's report, rebuilt from its stored results")
     rp.add_argument("run_id", metavar="RUN_ID", help="a run id, or 'latest' for the workspace's newest run")
-    rp.add_argument("--format", default="md", help="md (default)")
+    rp.add_argument("--format", default=None,
+                    help="md or html (self-contained, opens offline); default md, html with --open")
+    rp.add_argument("--open", action="store_true",
+                    help="write the report files into the run's reports/ folder and open one in a browser")
     rp.add_argument("--workspace", default=None, help=workspace_help)
     rp.set_defaults(func=_cmd_report)
+
+    sv = sub.add_parser("serve", help="a read-only local web page of the workspace's runs and their reports")
+    sv.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free port)")
+    sv.add_argument("--workspace", default=None, help=workspace_help)
+    sv.set_defaults(func=_cmd_serve)
 
     m = sub.add_parser("memory", help="query the vector memory of findings")
     msub = m.add_subparsers(dest="memory_command", required=True)

@@ -47,3 +47,17 @@ def namespace(request):
     import hashlib
 
     return "t" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:12]
+
+
+@pytest.fixture(scope="session")
+def ioi_report(tmp_path_factory):
+    """A finished IOI investigation of the default organism with its reports (n=32): the
+    summary ``sleuth ask --json`` printed and the workspace. Read-only for the tests that share
+    it: a test that edits stored files copies the workspace first (`copy_workspace`)."""
+    from agents.investigate import ask
+
+    workspace = tmp_path_factory.mktemp("report") / "ws"
+    out = ask("Why does the model do indirect object identification?", model="organism-default",
+              workspace=str(workspace), n=32)
+    return out, workspace
+
