@@ -224,6 +224,74 @@ def bootstrap_pvalue(
     return float((1 + np.count_nonzero(extreme)) / (1 + null_draws.size))
 
 
+class MarginTest(BaseModel):
+    """One row of `paired_margin_tests`: is the mean paired difference larger than a margin?"""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    interval: Interval
+    """Percentile bootstrap CI of the mean difference (as `bootstrap_ci`)."""
+    margin: float
+    """The smallest difference of interest ``δ`` (the null hypothesis is ``|mean| <= δ``)."""
+    p_value: float
+    """Two-sided minimum-effect p-value: ``min(1, 2 · min(p_above, p_below))`` where ``p_above``
+    tests H0: mean <= δ and ``p_below`` tests H0: mean >= −δ (shifted bootstrap, as
+    `bootstrap_pvalue`)."""
+
+
+def paired_margin_tests(
+    differences: np.ndarray,
+    margins: Sequence[float] | np.ndarray,
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> list[MarginTest]:
+    """For each row of ``differences`` (``[tests, items]``: paired differences b − a per item),
+    a bootstrap CI of the mean and a minimum-effect test of ``|mean| > margin``.
+
+    Every row is resampled with the *same* item indices (drawn exactly as `bootstrap_ci` and
+    `bootstrap_pvalue` draw them for this seed), so the rows are tested on the same resampled
+    prompts and each row's numbers equal those functions' up to summation order. The margin
+    makes "a change" mean a change of at least a chosen size: with many items a difference of
+    no consequence is otherwise always significant.
+    """
+    d = np.asarray(differences, dtype=float)
+    if d.ndim != 2:
+        raise UserInputError(f"differences must be 2-D [tests, items]; got shape {d.shape}")
+    delta = np.asarray(margins, dtype=float).reshape(-1)
+    if delta.size != d.shape[0]:
+        raise UserInputError(f"{delta.size} margins for {d.shape[0]} rows of differences; give one per row")
+    if not np.all(np.isfinite(delta)) or np.any(delta < 0):
+        raise UserInputError("margins must be finite and non-negative")
+    if d.shape[0] == 0:
+        return []
+    for row in d:
+        _sample(row, "differences")
+    _check_confidence(confidence)
+    n_resamples = _check_resamples(n_resamples)
+    m, n = d.shape
+    rng = np.random.default_rng(seed)
+    rows = max(1, _MAX_DRAWS_PER_CHUNK // n)
+    means = np.empty((n_resamples, m))
+    for start in range(0, n_resamples, rows):
+        stop = min(start + rows, n_resamples)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        offsets = (np.arange(stop - start) * n)[:, None]
+        counts = np.bincount((idx + offsets).reshape(-1), minlength=(stop - start) * n)
+        means[start:stop] = counts.reshape(stop - start, n).astype(float) @ d.T / n
+    observed = d.mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail], axis=0)
+    null = means - observed
+    above = (1 + np.count_nonzero(null >= observed - delta, axis=0)) / (1 + n_resamples)
+    below = (1 + np.count_nonzero(null <= observed + delta, axis=0)) / (1 + n_resamples)
+    p = np.minimum(1.0, 2.0 * np.minimum(above, below))
+    return [MarginTest(interval=Interval(estimate=float(observed[i]), low=float(low[i]), high=float(high[i]),
+                                         n=n, confidence=confidence),
+                       margin=float(delta[i]), p_value=float(p[i])) for i in range(m)]
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values, in the input order.
 

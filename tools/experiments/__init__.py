@@ -18,6 +18,7 @@ kind                        spec                                        run func
 ``steering``                `SteeringSpec`                              `run_steering`
 ``attention_patterns``      `AttentionPatternSpec`                      `run_attention_patterns`
 ``neuron_activations``      `NeuronActivationSpec`                      `run_neuron_activations`
+``cross_model_patching``    `CrossModelPatchingSpec` (two models)       `run_cross_model_patching`
 ==========================  ==========================================  ==============================
 """
 
@@ -39,6 +40,11 @@ from tools.experiments.attribution_patching import (
     run_attribution_patching,
 )
 from tools.experiments.behaviour import BehaviourExperimentSpec, BehaviourResult, run_behaviour
+from tools.experiments.cross_model_patching import (
+    CrossModelPatchingResult,
+    CrossModelPatchingSpec,
+    run_cross_model_patching,
+)
 from tools.experiments.direct_logit_attribution import (
     DirectLogitAttributionResult,
     DirectLogitAttributionSpec,
@@ -83,4 +89,5 @@ __all__ = [
     "NeuronActivationResult", "NeuronActivationSpec", "run_neuron_activations",
     "PathPatchingResult", "PathPatchingSpec", "PathReceiver", "run_path_patching",
     "SteeringResult", "SteeringSpec", "run_steering",
+    "CrossModelPatchingResult", "CrossModelPatchingSpec", "run_cross_model_patching",
 ]

@@ -27,6 +27,11 @@ from tools.experiments.attribution_patching import (
     run_attribution_patching,
 )
 from tools.experiments.behaviour import BehaviourExperimentSpec, BehaviourResult, run_behaviour
+from tools.experiments.cross_model_patching import (
+    CrossModelPatchingResult,
+    CrossModelPatchingSpec,
+    run_cross_model_patching,
+)
 from tools.experiments.direct_logit_attribution import (
     DirectLogitAttributionResult,
     DirectLogitAttributionSpec,
@@ -71,6 +76,12 @@ EXPERIMENTS: dict[str, tuple[type[ExperimentSpec], type[ExperimentResult], Calla
 }
 """kind -> (spec class, result class, run function)."""
 
+TWO_MODEL_EXPERIMENTS: dict[str, tuple[type[ExperimentSpec], type[ExperimentResult], Callable[..., Any]]] = {
+    "cross_model_patching": (CrossModelPatchingSpec, CrossModelPatchingResult, run_cross_model_patching),
+}
+"""Experiments on two models (``run(model, source, spec)``): stored and loaded like the others,
+but not offered to `parse_spec` / `run_experiment`, whose callers hold one model."""
+
 
 def parse_spec(data: str | bytes | dict) -> ExperimentSpec:
     """A spec from JSON text or a dict, its class chosen by ``kind``.
@@ -96,4 +107,7 @@ def run_experiment(model: "LoadedModel", spec: ExperimentSpec, **options: Any) -
 def load_result(path: str | os.PathLike) -> ExperimentResult:
     """Read any saved result (its JSON path), its class chosen by the embedded spec's kind."""
     kind = json.loads(Path(path).read_text(encoding="utf-8"))["spec"]["kind"]
-    return EXPERIMENTS[kind][1].load(path)
+    entry = EXPERIMENTS.get(kind) or TWO_MODEL_EXPERIMENTS.get(kind)
+    if entry is None:
+        raise SpecError("kind", f"{path}: unknown experiment kind {kind!r}")
+    return entry[1].load(path)
