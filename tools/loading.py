@@ -185,11 +185,14 @@ def wrap_model(
     *,
     model_id: str | None = None,
     source: str = "<memory>",
+    count_forwards: bool = True,
 ) -> LoadedModel:
     """Wrap an in-memory transformers causal LM (put in eval mode) into a `LoadedModel`.
 
     The tokenizer is adopted by nnsight, which sets ``padding_side="left"`` and, when it
-    has none, the pad token to EOS.
+    has none, the pad token to EOS. ``count_forwards`` attaches the forward counter (a hook
+    that stays on the module); a model wrapped again and again (a training run's canaries at
+    every save) should pass False so hooks do not pile up.
 
     Raises:
         UnsupportedArchitectureError: when no adapter serves the model's family.
@@ -212,7 +215,8 @@ def wrap_model(
             "add or fix an adapter in tools/adapters/"
         ) from None
     counter = ForwardCounter()
-    counter.attach(hf_model)
+    if count_forwards:
+        counter.attach(hf_model)
     return LoadedModel(
         lm=lm,
         forwards=counter,
