@@ -1,6 +1,6 @@
 """Figures as data, and their geometry as SVG shapes.
 
-A chart (`Heatmap`, `LineChart`, `Diagram`) holds numbers and labels; `draw` lays it out as
+A chart (`Heatmap`, `LineChart`, `Diagram`, `BarChart`) holds numbers and labels; `draw` lays it out as
 an `Svg`: a list of primitive `Shape`s with coordinates. The shapes are written out by the
 Jinja2 template ``svg.j2`` with autoescaping, so every label — a token of the prompt, a
 component name — reaches the page as text, never as markup; this module never builds SVG
@@ -64,6 +64,30 @@ class LineChart(BaseModel):
     y_label: str = ""
     x_ticks: list[tuple[float, str]] | None = None
     hlines: list[tuple[float, str]] = Field(default_factory=list)
+    vlines: list[tuple[float, str]] = Field(default_factory=list)
+    """Vertical reference lines (x, label): an event on the x axis, e.g. where a behaviour appears."""
+
+
+class Bar(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    label: str
+    value: float
+    low: float | None = None
+    """Lower end of the whisker (a confidence interval); None: no whisker."""
+    high: float | None = None
+    highlight: bool = True
+    """Drawn in colour (red above zero, blue below); False: grey (e.g. not significant)."""
+
+
+class BarChart(BaseModel):
+    """Horizontal bars from zero with optional CI whiskers, one row per bar, largest first as given."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: Literal["bars"] = "bars"
+    bars: list[Bar]
+    x_label: str = ""
+    vlines: list[tuple[float, str]] = Field(default_factory=list)
+    """Vertical reference lines (x, label), e.g. the smallest change of interest."""
 
 
 class Node(BaseModel):
@@ -96,7 +120,7 @@ class Diagram(BaseModel):
     edges: list[Edge]
 
 
-Chart = Union[Heatmap, LineChart, Diagram]
+Chart = Union[Heatmap, LineChart, Diagram, BarChart]
 
 # -- shapes ------------------------------------------------------------------------------------------
 
@@ -187,6 +211,8 @@ def draw(chart: Chart) -> Svg:
         return _draw_heatmap(chart)
     if isinstance(chart, LineChart):
         return _draw_lines(chart)
+    if isinstance(chart, BarChart):
+        return _draw_bars(chart)
     return _draw_diagram(chart)
 
 
@@ -298,6 +324,10 @@ def _draw_lines(c: LineChart) -> Svg:
     for y, label in c.hlines:
         shapes.append(_line(left, py(y), left + pw, py(y), stroke="#b35806", dash="5 4"))
         shapes.append(_text(left + pw + 6, py(y) + 4, label, size=10, fill="#b35806"))
+    for x, label in c.vlines:
+        if x0 <= x <= x1:
+            shapes.append(_line(px(x), top, px(x), top + ph, stroke="#6a3d9a", dash="4 3"))
+            shapes.append(_text(px(x) + 3, top + 10, label, size=10, fill="#6a3d9a"))
     for k, s in enumerate(c.series):
         points = [(px(x), py(y)) for x, y in zip(s.x, s.y) if y is not None and math.isfinite(y)]
         if len(points) > 1:
@@ -318,6 +348,49 @@ def _draw_lines(c: LineChart) -> Svg:
         shapes.append(_text(left + pw / 2, height - 8, c.x_label, anchor="middle", size=11))
     if c.y_label:
         shapes.append(_text(14, top + ph / 2, c.y_label, anchor="middle", size=11, rotate=-90))
+    return Svg(width=width, height=height, shapes=shapes)
+
+
+def _draw_bars(c: BarChart) -> Svg:
+    row_h, top = 20.0, 12.0
+    left = 14 + 6.6 * max([len(b.label) for b in c.bars] + [6])
+    plot_w, right = 460.0, 70.0
+    values = [v for b in c.bars for v in (b.value, b.low, b.high) if v is not None and math.isfinite(v)]
+    values += [x for x, _ in c.vlines] + [0.0]
+    x0, x1 = min(values), max(values)
+    pad = (x1 - x0) * 0.05 or 0.5
+    x0, x1 = x0 - pad, x1 + pad
+    height = top + row_h * max(1, len(c.bars)) + 46
+    width = left + plot_w + right
+
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * plot_w
+
+    shapes: list[Shape] = []
+    base_y = top + row_h * max(1, len(c.bars))
+    for t in nice_ticks(x0, x1, 6):
+        shapes.append(_line(px(t), top, px(t), base_y, stroke="#e4e4e4"))
+        shapes.append(_text(px(t), base_y + 14, _fmt(t), anchor="middle", size=10))
+    for x, label in c.vlines:
+        shapes.append(_line(px(x), top, px(x), base_y, stroke="#b35806", dash="5 4"))
+        shapes.append(_text(px(x), top - 2, label, anchor="middle", size=9, fill="#b35806"))
+    shapes.append(_line(px(0.0), top, px(0.0), base_y, stroke="#555"))
+    for i, b in enumerate(c.bars):
+        y = top + i * row_h
+        fill = ("#b2182b" if b.value >= 0 else "#2166ac") if b.highlight else "#bdbdbd"
+        a, z = sorted((px(0.0), px(b.value)))
+        tip = f"{b.label}: {_fmt(b.value)}" + (f" (CI {_fmt(b.low)} to {_fmt(b.high)})"
+                                                 if b.low is not None and b.high is not None else "")
+        shapes.append(_text(left - 6, y + row_h / 2 + 4, b.label, anchor="end", size=10))
+        shapes.append(_rect(a, y + 4, max(z - a, 0.5), row_h - 8, fill, title=tip))
+        if b.low is not None and b.high is not None:
+            mid = y + row_h / 2
+            shapes.append(_line(px(b.low), mid, px(b.high), mid, stroke="#222", width=1.2))
+            for end in (b.low, b.high):
+                shapes.append(_line(px(end), mid - 4, px(end), mid + 4, stroke="#222", width=1.2))
+        shapes.append(_text(left + plot_w + 6, y + row_h / 2 + 4, _fmt(b.value), size=10))
+    if c.x_label:
+        shapes.append(_text(left + plot_w / 2, height - 8, c.x_label, anchor="middle", size=11))
     return Svg(width=width, height=height, shapes=shapes)
 
 

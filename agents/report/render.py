@@ -110,18 +110,38 @@ def render_svg(figure: Figure) -> str:
     return _environment(True).get_template("svg.j2").render(svg=draw(figure.chart), label=figure.title)
 
 
-def render_html(data: ReportData) -> str:
+_TEMPLATES = {"investigation": "report", "diff": "diff", "watch": "watch"}
+"""The template pair of each kind of run (``run.json`` settings ``kind``; none: an investigation)."""
+
+
+def render_html(data) -> str:
     figures = {f.id: Markup(render_svg(f)) for f in data.figures}
-    return _environment(True).get_template("report.html.j2").render(r=data, svgs=figures, csp=CSP)
+    name = _TEMPLATES[getattr(data, "kind", "investigation")]
+    return _environment(True).get_template(f"{name}.html.j2").render(r=data, svgs=figures, csp=CSP)
 
 
-def render_markdown(data: ReportData, figure_dir: str = "figures") -> str:
-    return _environment(False).get_template("report.md.j2").render(r=data, figure_dir=figure_dir)
+def render_markdown(data, figure_dir: str = "figures") -> str:
+    name = _TEMPLATES[getattr(data, "kind", "investigation")]
+    return _environment(False).get_template(f"{name}.md.j2").render(r=data, figure_dir=figure_dir)
+
+
+def build_any(run: "Run"):
+    """The report data of any run: an investigation's, a diff's or a watch run's."""
+    kind = (run.record.settings or {}).get("kind")
+    if kind == "diff":
+        from agents.report.diff_report import build_diff_report
+
+        return build_diff_report(run)
+    if kind == "watch":
+        from agents.report.watch_report import build_watch_report
+
+        return build_watch_report(run)
+    return build_report(run)
 
 
 def render(run: "Run", fmt: str) -> str:
     """The report of ``run`` in ``fmt`` (``html`` or ``md``), rebuilt from its stored files."""
-    data = build_report(run)
+    data = build_any(run)
     return render_html(data) if fmt == "html" else render_markdown(data)
 
 
@@ -130,7 +150,7 @@ def write_reports(run: "Run", folder: Path | None = None) -> dict[str, Path]:
     through the run store, or into ``folder``); return the paths of the two reports."""
     from tools.atomic import atomic_write_text
 
-    data = build_report(run)
+    data = build_any(run)
     html, md = render_html(data), render_markdown(data)
     if folder is None:
         paths = {"md": run.write_report("report.md", md), "html": run.write_report("report.html", html)}
