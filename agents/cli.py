@@ -184,6 +184,52 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from agents.diff import diff_models
+
+    out = diff_models(args.question, base=args.base, model=args.model, spec_file=args.spec, workspace=args.workspace,
+                      seed=args.seed, n=args.n, lock_timeout=args.lock_timeout)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"run {out['run_id']}: {out['base']['model_id']} -> {out['model']['model_id']} on {out['behaviour']} "
+          f"(n={out['n']}, delta {out['margins']['logit']:.3f} logits / {out['margins']['attention']} attention)")
+    print(f"{out['significant']} of {out['tests']} component measures changed significantly")
+    for c in [c for c in out["changes"] if c["significant"]][:12]:
+        print(f"  {c['component']:<12}{c['measure']:<22}{c['a']:>9.3f} -> {c['b']:>9.3f}  delta {c['delta']:+.3f} "
+              f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]  p(Holm) {c['adjusted_p']:.3g}")
+    for item in out["investigation"]:
+        for kind in ("transfer", "necessity"):
+            c = item.get(kind)
+            if c:
+                print(f"  investigated {item['component']} ({kind}): {c['effect']:.3f} (CI {c['ci'][0]:.3f}-"
+                      f"{c['ci'][1]:.3f}) vs >= {c['threshold']:.2f}: {c['verdict']}")
+    print(f"report: {out['report']['html']} (also {out['report']['md']})")
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from agents.watch import watch
+
+    out = watch(args.checkpoints, behaviours=args.behaviours, workspace=args.workspace, n=args.n, seed=args.seed,
+                lock_timeout=args.lock_timeout)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"run {out['run_id']}: {len(out['checkpoints'])} checkpoints")
+    for name, b in out["behaviours"].items():
+        if b["appears"]:
+            heads = ", ".join(b["rising_heads"][:4]) or "none"
+            print(f"  {name}: appears at {b['appears']['checkpoint']}; heads rising with it: {heads}")
+        elif b["present_throughout"]:
+            print(f"  {name}: present at every checkpoint")
+        else:
+            print(f"  {name}: does not appear (last logit diff {b['readings'][-1]['logit_diff']:.2f})")
+        print(f"    {len(b['shifts'])} mechanism shift(s)")
+    print(f"report: {out['report']['html']} (also {out['report']['md']})")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from agents.investigate import open_run, report_text
 
@@ -291,6 +337,29 @@ def build_parser() -> argparse.ArgumentParser:
                             help="a chroma server for the vector memory (default: embedded)")
         writer.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS", help=lock_help)
         writer.add_argument("--json", action="store_true", help="end with one JSON object")
+        writer.set_defaults(func=command)
+
+    d = sub.add_parser("diff", help="what changed inside a model against a base model, for one behaviour")
+    d.add_argument("question", metavar="QUESTION", nargs="?", default="",
+                   help='the behaviour, as for ask: "indirect object identification", "the trigger", a quoted prompt')
+    d.add_argument("--base", required=True, help="the base model (folder, hub id, organism-default, ...)")
+    d.add_argument("--model", required=True, help="the changed model (fine-tuned, planted, ...)")
+    d.add_argument("--spec", default=None, metavar="FILE", help="a YAML/JSON behaviour spec instead of a question")
+    d.add_argument("--seed", type=int, default=0, help="prompt-sampling seed (default 0)")
+    d.add_argument("--n", type=int, default=None,
+                   help="prompts per set: default 64 for models under 100M parameters, else 32")
+    wt = sub.add_parser("watch", help="canary behaviours and mechanism fingerprints across checkpoints")
+    wt.add_argument("checkpoints", metavar="CHECKPOINT_DIR", nargs="+",
+                    help="checkpoint folders in order, or folders of checkpoint-<step> folders (expanded by step)")
+    wt.add_argument("--behaviours", default=None, metavar="FILE",
+                    help="YAML/JSON list of behaviours (task names or prompt specs); default: every task the "
+                    "tokenizer can express")
+    wt.add_argument("--n", type=int, default=32, help="prompts per canary (default 32)")
+    wt.add_argument("--seed", type=int, default=1, help="seed of the canaries' held-out prompts (default 1)")
+    for writer, command in ((d, _cmd_diff), (wt, _cmd_watch)):
+        writer.add_argument("--workspace", default=None, help=workspace_help)
+        writer.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS", help=lock_help)
+        writer.add_argument("--json", action="store_true", help="print one JSON object")
         writer.set_defaults(func=command)
 
     rp = sub.add_parser("report", help="print a run's report, rebuilt from its stored results")
