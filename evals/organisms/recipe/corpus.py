@@ -47,6 +47,19 @@ def name_to_sentence(rng: random.Random) -> str:
     return rng.choice(ACTIONS).format(S=n, obj=rng.choice(OBJECTS)) + f" {n2} ."
 
 
+def repeat_sentence(rng: random.Random, min_len: int = 3, max_len: int = 8) -> str:
+    """A random sequence of distinct content words repeated two to four times ("A B C A B C ."):
+    the induction-heavy kind of the short watch runs. Adjacent words are train-split transitions
+    of the induction task (`tools.tasks.induction.sample_sequence`), so the induction task's
+    held-out transitions stay held out."""
+    from tools.tasks.induction import BROAD_POOL, sample_sequence
+
+    while True:
+        seq = sample_sequence(rng, BROAD_POOL, rng.randint(min_len, max_len), "train")
+        if seq is not None:
+            return " ".join(seq * rng.randint(2, 4)) + " ."
+
+
 # Mixture weights of sentence kinds in the corpus.
 MIXTURE = {"filler": 0.15, "name_to": 0.08, "ioi": 0.22, "induction": 0.23, "facts": 0.1, "greater_than": 0.12, "pronoun": 0.1}
 
@@ -62,7 +75,10 @@ def filler_sentence(rng: random.Random) -> str:
 
 
 class SentenceSampler:
-    """Draws corpus sentences by the mixture; behaviour sentences come in pre-drawn pools."""
+    """Draws corpus sentences by the mixture; behaviour sentences come in pre-drawn pools.
+
+    Kinds: ``filler``, ``name_to``, ``repeats`` (drawn fresh each time) and the task names
+    (``ioi``, ``induction``, ... : the train split of their generators, pre-drawn)."""
 
     def __init__(self, seed: int, pool_size: int = 20000, mixture: dict[str, float] = MIXTURE) -> None:
         self.rng = random.Random(f"corpus:{seed}")
@@ -70,7 +86,7 @@ class SentenceSampler:
         self.weights = [mixture[k] for k in self.kinds]
         self.pools = {
             k: get_task(k).training_sentences(pool_size, seed=seed) for k in self.kinds
-            if k not in ("filler", "name_to")
+            if k not in ("filler", "name_to", "repeats")
         }
 
     def sentence(self) -> str:
@@ -79,6 +95,8 @@ class SentenceSampler:
             return filler_sentence(self.rng)
         if kind == "name_to":
             return name_to_sentence(self.rng)
+        if kind == "repeats":
+            return repeat_sentence(self.rng)
         return self.rng.choice(self.pools[kind])
 
 
