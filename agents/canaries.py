@@ -295,6 +295,19 @@ class CanaryMonitor:
         self.reports.append(report)
         return report
 
+    def finish(self) -> dict[str, str] | None:
+        """Mark the training run answered and write its report (timelines); the report paths."""
+        if self.run_id is None:
+            return None
+        from agents.report.render import write_reports
+        from memory.runstore import RunStore
+        from memory.workspace import Workspace
+
+        with Workspace.open(self.workspace, writer=True) as ws:
+            run = RunStore(ws).open(self.run_id)
+            run.update(status="answered")
+            return {k: str(v) for k, v in write_reports(run).items()}
+
     def summary(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "saves": len(self.reports),
                 "seconds": [round(r.seconds, 3) for r in self.reports],
@@ -321,6 +334,8 @@ class CanaryCallback(_callback_base()):
         self.tokenizer = tokenizer
         self.monitor = CanaryMonitor(workspace=workspace, name=name, canaries=canaries, n=n, fraction=fraction)
         self.overheads: list[dict[str, float]] = []
+        self.report: dict[str, str] | None = None
+        """The report's paths, written when training ends."""
         self._since: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -335,6 +350,10 @@ class CanaryCallback(_callback_base()):
                                "training_s": training,
                                "fraction": report.seconds / training if training > 0 else float("nan")})
         self._since = time.perf_counter()
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.report = self.monitor.finish()
         return control
 
 

@@ -130,7 +130,6 @@ def measure_diff(run: "Run", a: "LoadedModel", b: "LoadedModel", behavior: Behav
         CrossModelPatchingSpec,
         DirectLogitAttributionSpec,
         PatchSweep,
-        run_cross_model_patching,
     )
     from tools.weight_diff import weight_change_norms
 
@@ -147,7 +146,7 @@ def measure_diff(run: "Run", a: "LoadedModel", b: "LoadedModel", behavior: Behav
                                                                 from_last=True)).key,
         }
     cross = CrossModelPatchingSpec(prompts=discovery, source_model_id=b.model_id, source_weights_hash=b.weights_hash)
-    evidence["cross_model"] = run.experiment(a, cross, runner=lambda m, s: run_cross_model_patching(m, b, s)).key
+    evidence["cross_model"] = _cross(run, a, b, cross).key
     record: dict[str, Any] = {
         "kind": "diff", "evidence": evidence, "seed": seed,
         "base": {"model_id": a.model_id, "weights_hash": a.weights_hash},
@@ -175,11 +174,9 @@ def measure_diff(run: "Run", a: "LoadedModel", b: "LoadedModel", behavior: Behav
             record["investigation"].append({"component": component, "discovery": found.key,
                                             "discovery_necessity": found.necessity, "contrast": contrast.key,
                                             "seed": seed * 100 + i})
-        forward = run.experiment(a, cross.model_copy(update={"prompts": fresh}),
-                                 runner=lambda m, s: run_cross_model_patching(m, b, s))
-        reverse = run.experiment(b, CrossModelPatchingSpec(prompts=fresh, source_model_id=a.model_id,
-                                                           source_weights_hash=a.weights_hash),
-                                 runner=lambda m, s: run_cross_model_patching(m, a, s))
+        forward = _cross(run, a, b, cross.model_copy(update={"prompts": fresh}))
+        reverse = _cross(run, b, a, CrossModelPatchingSpec(prompts=fresh, source_model_id=a.model_id,
+                                                           source_weights_hash=a.weights_hash))
         discovered = run.load_experiment(evidence["cross_model"])
         transfer = [transfer_test(discovered, forward, reverse, component, seed=seed * 100 + i)
                     for i, component in enumerate(top)]
@@ -265,6 +262,19 @@ def _patched(result, component: str) -> np.ndarray:
                 values = result.tensors[f"logit_diff.{sweep.name}"].double()
                 return values.reshape(-1, values.shape[-1])[i].numpy()
     raise UserInputError(f"cross-model patching has no component {component}")
+
+
+def _cross(run: "Run", base: "LoadedModel", source: "LoadedModel", spec):
+    """Cross-model patching through the run's cache; the source model's forward passes are
+    counted in ``run.json`` too (the cache counts only the base model's)."""
+    from tools.experiments import run_cross_model_patching
+
+    before = source.forwards.calls
+    result = run.experiment(base, spec, runner=lambda m, s: run_cross_model_patching(m, source, s))
+    extra = source.forwards.calls - before
+    if extra:
+        run.update(cost={"forward_passes": run.record.cost.forward_passes + extra})
+    return result
 
 
 class _Experiments:

@@ -105,6 +105,8 @@ def test_callback_in_a_trainer_stores_fingerprints_and_warns_only_when_something
 
     html = render(store.open(moving.monitor.run_id), "html")
     assert "Timeline: ioi" in html and "Timeline: induction" in html and "<script" not in html
+    assert moving.report and open(moving.report["html"]).read() == html  # written when training ended
+    assert store.open(moving.monitor.run_id).record.status == "answered"
 
 
 def test_run_canaries_in_a_plain_loop_reads_the_previous_save_from_the_workspace(tmp_path):

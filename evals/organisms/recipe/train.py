@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     out = {"train_seconds": meta["train_seconds"], "heldout": meta["heldout"],
            "checkpoints": len(meta["checkpoints"]), "checkpoint_hook_seconds": meta["checkpoint_hook_seconds"]}
     if hook is not None:
-        out["canaries"] = hook.summary()
+        out["canaries"] = {**hook.summary(), "report": hook.finish()}
     print(json.dumps(out, indent=1))
 
 
