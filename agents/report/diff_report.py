@@ -117,8 +117,8 @@ def _answer(readout: dict, significant: list[dict], investigation: list[dict], b
             f"{m['logit']:.2f} logits, or 0.1 of attention — at Holm-adjusted p < 0.05; n={readout['n']} prompts).")
     if not significant:
         return Prose(text=head + " No component's patching effect, direct logit attribution, attention role or "
-                                 "cross-model patching transfer moved by that much: on these prompts the behaviour's "
-                                 "mechanism is the same in both models.")
+                                 "cross-model patching transfer moved by that much on these prompts; smaller changes "
+                                 "are listed as the closest calls.")
     parts = []
     where = [c for c in significant if c["measure"] == "cross_model"]
     if where:
