@@ -43,7 +43,12 @@ def measure(steps: int, save_every: int, batch: int, threads: int, lr: float = 1
                                  save_strategy="steps", per_device_train_batch_size=batch, learning_rate=lr,
                                  report_to=[], use_cpu=True, logging_strategy="no", disable_tqdm=True,
                                  dataloader_num_workers=0, save_only_model=True, seed=0)
-        Trainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer, callbacks=[callback]).train()
+        import contextlib
+        import sys
+
+        with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its metrics; stdout is the JSON
+            Trainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer,
+                    callbacks=[callback]).train()
     saves = callback.overheads
     return {"steps": steps, "save_every": save_every, "batch": batch, "threads": threads,
             "canaries": [c.name for c in callback.monitor.canaries or []] or "default (every expressible task)",
