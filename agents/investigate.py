@@ -222,6 +222,9 @@ def report_text(run_id: str, *, workspace: str | None = None, fmt: str = "md") -
 
     run = open_run(run_id, workspace=workspace)
     if run.investigation() is None:
+        stored = run.folder / "reports" / "report.md"
+        if fmt == "md" and stored.exists():  # a run from before reports were rebuilt from stored results
+            return stored.read_text(encoding="utf-8")
         raise UserInputError(f"run {run.id} has no report yet (status {run.record.status}); "
                              f"`sleuth resume {run.id}` finishes it")
     return render(run, fmt)
