@@ -204,8 +204,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise UserInputError(f"--workspace {root.parent} is a file, not a folder")
     board = run_benchmark(questions, root=root, questions_file=str(path), brain=args.brain, llm=llm,
                           log=lambda line: print(f"eval: {line}", file=sys.stderr, flush=True))
-    text = board.model_dump_json(indent=1)
-    atomic_write_text(root / "scoreboard.json", text + "\n")
+    text = board.model_dump_json(indent=1)  # run_benchmark wrote it to root/scoreboard.json
     if args.out:
         atomic_write_text(Path(args.out), text + "\n")
     if args.json:

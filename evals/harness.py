@@ -41,6 +41,7 @@ from evals.score import (
     reported_edges,
     verdict_accuracy,
 )
+from tools.errors import UserInputError
 
 if TYPE_CHECKING:
     from agents.llm.settings import LLMSettings
@@ -154,9 +155,15 @@ class Scoreboard(_Model):
 def run_benchmark(questions: Sequence[BenchmarkQuestion], *, root: Path, questions_file: str,
                   brain: str = "heuristic", llm: "LLMSettings | None" = None,
                   log: Callable[[str], None] | None = None) -> Scoreboard:
-    """Run and score every question (see the module docstring); investigations go under ``root``."""
+    """Run and score every question (see the module docstring); investigations go under ``root``,
+    and ``root/scoreboard.json`` is rewritten after every question (a long eval that dies keeps
+    what it finished)."""
+    from agents.positions import scope_positions
+    from tools.atomic import atomic_write_text
     from tools.loading import load_model
 
+    if not questions:
+        raise UserInputError("no questions to run")
     say = log or (lambda text: None)
     models: dict[str, "LoadedModel"] = {}
     for q in questions:  # every model loads and every key fits it before anything runs
@@ -165,12 +172,11 @@ def run_benchmark(questions: Sequence[BenchmarkQuestion], *, root: Path, questio
             models[q.model] = load_model(q.model)
         q.key.check_model(models[q.model])
     root.mkdir(parents=True, exist_ok=True)
+    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     scored = []
     for q in questions:
         model = models[q.model]
         key_prompts = q.key.prompts.pairs(model, q.question.judge_n)
-        from agents.positions import scope_positions
-
         scope = scope_positions(model, key_prompts)
         runs = []
         for seed in q.question.seeds:
@@ -181,9 +187,10 @@ def run_benchmark(questions: Sequence[BenchmarkQuestion], *, root: Path, questio
                 f"verdicts {_fmt(r.verdict_accuracy)}, faithful {_fmt(r.faithfulness)}, "
                 f"{r.forward_passes} forward passes ({_fmt(r.forward_pass_ratio)} of exhaustive), {r.wall_s:.1f} s")
         scored.append(summarise_question(q, runs))
-    return Scoreboard(brain=brain, questions_file=questions_file, workspace=str(root),
-                      created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), questions=tuple(scored),
-                      summary=summarise(scored), baselines=summarise_baselines(scored))
+        board = Scoreboard(brain=brain, questions_file=questions_file, workspace=str(root), created_at=created,
+                           questions=tuple(scored), summary=summarise(scored), baselines=summarise_baselines(scored))
+        atomic_write_text(root / "scoreboard.json", board.model_dump_json(indent=1) + "\n")
+    return board
 
 
 def score_run(q: BenchmarkQuestion, seed: int, model: "LoadedModel", key_prompts: "PromptPairs",

@@ -7,9 +7,16 @@ A question file is YAML (``.yaml``/``.yml``) or JSON holding ``questions:``, a l
     spec: specs/pronoun.yaml             # ... or a behaviour spec file instead (relative to this file)
     key: default-ioi                     # a shipped key (evals/keys/<name>.json) or a key .json path
     model: organism-default              # optional: defaults to the key's model
-    seeds: [0, 1, 2, 3, 4]               # optional: one investigation per seed (default [0])
+    seeds: [0, 1, 2, 3, 4]               # optional: one investigation per `sleuth ask --seed` (default [0];
+                                         #   it samples a named behaviour's prompts and a quoted
+                                         #   prompt's variants; a spec file's own seed wins)
     n: 64                                # optional: prompts per set (default: as `sleuth ask`)
     judge_n: 128                         # optional: re-measure on the first judge_n key prompts
+                                         #   (default all of them; smaller for quick smoke runs)
+
+A question scored against a key must ask about the key's contrast (the same corruption): a
+quoted IOI prompt left to intake gets both names swapped everywhere, a different contrast from
+the IOI keys' (only the repeated name changes), so quote the corrupted prompt.
 
 `load_questions` checks everything it can before any model loads: the file parses, every
 field is known, ids are unique, each question has a question or a spec (not both), spec
