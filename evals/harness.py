@@ -41,7 +41,7 @@ from evals.score import (
     reported_edges,
     verdict_accuracy,
 )
-from tools.errors import UserInputError
+from tools.errors import SpecError, UserInputError
 
 if TYPE_CHECKING:
     from agents.llm.settings import LLMSettings
@@ -244,13 +244,18 @@ def _reported_claims(run, order: list[str], model: "LoadedModel", key_prompts: "
         c = by_id[claim_id]
         tested = c.details.get("claim")
         spec = parse.validate_python(tested) if tested else None
-        measured = None
-        if spec is not None and c.verdict in ("supported", "refuted"):
-            measured = measure_claim(model, spec, key_prompts, scope)
+        measured, note = None, ""
+        if spec is None:
+            note = "the run did not record the tested claim (details.claim)"
+        elif c.verdict in ("supported", "refuted"):
+            try:
+                measured = measure_claim(model, spec, key_prompts, scope)
+            except SpecError as error:  # e.g. a position the key's shorter prompts do not have
+                note = f"cannot be measured on the key's prompts: {error}"
         out.append(ReportedClaim(
             id=c.id, kind=c.details.get("kind", "?"), role=c.details.get("role", ""), verdict=c.verdict,
             components=tuple(c.components), receivers=tuple(getattr(spec, "receivers", ()) or ()),
-            threshold=c.details.get("threshold"), measured=measured))
+            threshold=c.details.get("threshold"), measured=measured, note=note))
     return out
 
 

@@ -43,6 +43,8 @@ class ReportedClaim(BaseModel):
     threshold: float | None = None
     measured: float | None = None
     """The claim's score re-measured on the key's prompts (None: not measured)."""
+    note: str = ""
+    """Why a supported or refuted claim was not re-measured (it is then not judged)."""
 
     @property
     def holds(self) -> bool | None:
