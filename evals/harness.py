@@ -55,7 +55,7 @@ TARGETS = {
     "forward_pass_ratio": ("<=", 0.30),
 }
 """The issue's targets on the mean over questions (and: the planted component first in every
-run of at least `PLANTED_SEEDS` seeds)."""
+run of a planted question asked with at least `PLANTED_SEEDS` seeds)."""
 PLANTED_SEEDS = 5
 RANDOM_DRAWS = 3
 """Random baseline: draws per run (recall, precision and faithfulness are their mean)."""
@@ -78,11 +78,14 @@ class BaselineScore(_Model):
 
 
 class RunScore(_Model):
-    """One investigation (one seed of one question), scored."""
+    """One investigation (one seed of one question), scored. An investigation that stopped
+    with an error reports nothing: recall 0, no precision, no verdicts, faithfulness 0."""
 
     seed: int
-    run_id: str
+    run_id: str | None
     status: str
+    error: str | None = None
+    """What stopped the investigation (``status`` is then ``error``)."""
     workspace: str
     reported: tuple[str, ...]
     """The supported claims' components (`evals.score.reported_components`)."""
@@ -183,6 +186,8 @@ def run_benchmark(questions: Sequence[BenchmarkQuestion], *, root: Path, questio
             say(f"{q.id} (seed {seed}): investigating {q.model}")
             runs.append(score_run(q, seed, model, key_prompts, scope, root=root, brain=brain, llm=llm))
             r = runs[-1]
+            if r.error:
+                say(f"{q.id} (seed {seed}): the investigation stopped: {r.error}")
             say(f"{q.id} (seed {seed}): {r.status}, recall {_fmt(r.recall)}, precision {_fmt(r.precision)}, "
                 f"verdicts {_fmt(r.verdict_accuracy)}, faithful {_fmt(r.faithfulness)}, "
                 f"{r.forward_passes} forward passes ({_fmt(r.forward_pass_ratio)} of exhaustive), {r.wall_s:.1f} s")
@@ -199,37 +204,52 @@ def score_run(q: BenchmarkQuestion, seed: int, model: "LoadedModel", key_prompts
     from agents.investigate import ask
 
     workspace = root / f"{q.id}-seed{seed}"
+    error = None
     with counting(model) as cost:
-        out = ask(q.question.question or "", model=q.model, loaded=model, workspace=str(workspace), seed=seed,
-                  spec_file=str(q.spec_path) if q.spec_path else None, n=q.question.n, brain=brain, llm=llm)
-    run = _open_run(workspace, out["run_id"])
-    claims = _reported_claims(run, [c["id"] for c in out["claims"]], model, key_prompts, scope)
+        try:
+            out = ask(q.question.question or "", model=q.model, loaded=model, workspace=str(workspace), seed=seed,
+                      spec_file=str(q.spec_path) if q.spec_path else None, n=q.question.n, brain=brain, llm=llm)
+        except Exception as failure:  # noqa: BLE001 - a benchmark records a failed investigation and goes on
+            error = f"{type(failure).__name__}: {failure}"
+    run = _latest_run(workspace)
+    if error is not None:
+        out = {"run_id": run.id if run else None, "status": "error", "claims": [],
+               "cost": {"experiments": run.record.cost.experiments if run else 0,
+                        "tokens": run.record.cost.tokens_in + run.record.cost.tokens_out if run else 0}}
+    claims = _reported_claims(run, [c["id"] for c in out["claims"]], model, key_prompts, scope) if run else []
     reported = reported_components(claims)
     recall, precision = recall_precision(reported, q.key.components)
     edge_recall, edge_precision = recall_precision(reported_edges(claims), {e.pair for e in q.key.edges})
     faithful = {m: _faithfulness(model, reported, key_prompts, scope, m) for m in ("resample", "mean")}
-    baselines = _baselines(q, seed, model, run, len(reported), key_prompts, scope)
-    exhaustive = baselines["exhaustive"]
+    baselines = _baselines(q, seed, model, run, len(reported), key_prompts, scope) if error is None else {}
+    exhaustive = baselines.get("exhaustive")
     return RunScore(
-        seed=seed, run_id=out["run_id"], status=out["status"], workspace=str(workspace), reported=reported,
-        recall=recall, precision=precision, edge_recall=edge_recall, edge_precision=edge_precision,
-        verdict_accuracy=verdict_accuracy(claims), claims=tuple(claims), faithfulness=faithful["resample"],
-        faithfulness_mean=faithful["mean"], planted_first=planted_first(claims, q.key.planted),
-        forward_passes=cost.forward_passes, forward_rows=cost.forward_rows, experiments=out["cost"]["experiments"],
-        wall_s=round(cost.wall_s, 2), tokens=out["cost"]["tokens"],
-        forward_pass_ratio=_ratio(cost.forward_passes, exhaustive.forward_passes),
-        forward_row_ratio=_ratio(cost.forward_rows, exhaustive.forward_rows), baselines=baselines)
+        seed=seed, run_id=out["run_id"], status=out["status"], error=error, workspace=str(workspace),
+        reported=reported, recall=recall, precision=precision,
+        edge_recall=edge_recall, edge_precision=edge_precision, verdict_accuracy=verdict_accuracy(claims),
+        claims=tuple(claims), faithfulness=faithful["resample"], faithfulness_mean=faithful["mean"],
+        planted_first=planted_first(claims, q.key.planted), forward_passes=cost.forward_passes,
+        forward_rows=cost.forward_rows, experiments=out["cost"]["experiments"], wall_s=round(cost.wall_s, 2),
+        tokens=out["cost"]["tokens"],
+        forward_pass_ratio=_ratio(cost.forward_passes, exhaustive.forward_passes) if exhaustive else None,
+        forward_row_ratio=_ratio(cost.forward_rows, exhaustive.forward_rows) if exhaustive else None,
+        baselines=baselines)
 
 
 def _ratio(agent: float, baseline: float) -> float | None:
     return agent / baseline if baseline else None
 
 
-def _open_run(workspace: Path, run_id: str):
+def _latest_run(workspace: Path):
+    """The run a fresh workspace holds (None when the investigation stopped before creating it)."""
     from memory.runstore import RunStore
     from memory.workspace import Workspace
 
-    return RunStore(Workspace.open(workspace)).open(run_id)
+    if not (workspace / "runs").is_dir():
+        return None
+    store = RunStore(Workspace.open(workspace))
+    ids = sorted(r.id for r in store.list() if not r.damaged)
+    return store.open(ids[-1]) if ids else None
 
 
 def _reported_claims(run, order: list[str], model: "LoadedModel", key_prompts: "PromptPairs",
@@ -238,7 +258,7 @@ def _reported_claims(run, order: list[str], model: "LoadedModel", key_prompts: "
     from agents.claims import AnyClaim
 
     parse = TypeAdapter(AnyClaim)
-    by_id = {c.id: c for c in run.claims()}
+    by_id = {c.id: c for c in run.claims()}  # (an investigation that failed has no report order)
     out = []
     for claim_id in order:
         c = by_id[claim_id]
@@ -298,10 +318,11 @@ def discovery_prompts(model: "LoadedModel", run) -> "PromptPairs":
 
 def summarise_question(q: BenchmarkQuestion, runs: Sequence[RunScore]) -> QuestionScore:
     planted = [r.planted_first for r in runs if r.planted_first is not None]
-    baselines = {name: {field: _round(mean(getattr(r.baselines[name], field) for r in runs))
+    names = dict.fromkeys(name for r in runs for name in r.baselines)
+    baselines = {name: {field: _round(mean(getattr(r.baselines[name], field) for r in runs if name in r.baselines))
                         for field in ("recall", "precision", "faithfulness", "forward_passes", "forward_rows",
                                       "wall_s")}
-                 for name in runs[0].baselines}
+                 for name in names}
     return QuestionScore(
         id=q.id, model=q.model, question=q.text, key=q.key.name, seeds=tuple(r.seed for r in runs),
         recall=mean(r.recall for r in runs), precision=mean(r.precision for r in runs),
@@ -319,14 +340,20 @@ def summarise(questions: Sequence[QuestionScore]) -> dict[str, Any]:
     fields = ("recall", "precision", "verdict_accuracy", "faithfulness", "edge_recall", "edge_precision",
               "forward_passes", "forward_rows", "forward_pass_ratio", "forward_row_ratio", "wall_s", "experiments",
               "tokens")
-    out: dict[str, Any] = {"questions": len(questions), "runs": sum(len(q.runs) for q in questions)}
+    out: dict[str, Any] = {"questions": len(questions), "runs": sum(len(q.runs) for q in questions),
+                           "errors": sum(r.error is not None for q in questions for r in q.runs)}
     out.update({f: _round(mean(getattr(q, f) for q in questions)) for f in fields})
     claims = [c for q in questions for r in q.runs for c in r.claims]
     out["claims"] = {v: sum(c.verdict == v for c in claims) for v in ("supported", "refuted", "inconclusive")}
     out["claims"]["judged"] = sum(c.right is not None for c in claims)
     out["claims"]["right"] = sum(bool(c.right) for c in claims)
     planted = [r.planted_first for q in questions for r in q.runs if r.planted_first is not None]
-    out["planted_first"] = {"runs": len(planted), "first": sum(planted)}
+    # the target is about the planted question asked with >= PLANTED_SEEDS seeds; every run on a
+    # planted key (other phrasings included) is counted beside it
+    seeded = [r.planted_first for q in questions if len(q.runs) >= PLANTED_SEEDS
+              for r in q.runs if r.planted_first is not None]
+    out["planted_first"] = {"runs": len(planted), "first": sum(planted),
+                            "seeded_runs": len(seeded), "seeded_first": sum(seeded)}
     targets = {}
     for name, (op, bound) in TARGETS.items():
         value = out[name]
@@ -334,9 +361,9 @@ def summarise(questions: Sequence[QuestionScore]) -> dict[str, Any]:
         targets[name] = {"value": value, "target": f"{op} {bound}", "met": met}
     rows = out["forward_row_ratio"]  # the forward-pass target again, counted in sequences
     targets["forward_row_ratio"] = {"value": rows, "target": "<= 0.3", "met": rows is not None and rows <= 0.3}
-    targets["planted_first"] = {"value": f"{sum(planted)}/{len(planted)}",
-                                "target": f"every run, >= {PLANTED_SEEDS} seeds",
-                                "met": len(planted) >= PLANTED_SEEDS and all(planted)}
+    targets["planted_first"] = {"value": f"{sum(seeded)}/{len(seeded)}",
+                                "target": f"every seed of a planted question asked with >= {PLANTED_SEEDS} seeds",
+                                "met": len(seeded) >= PLANTED_SEEDS and all(seeded)}
     out["targets"] = targets
     return out
 
@@ -347,8 +374,8 @@ def summarise_baselines(questions: Sequence[QuestionScore]) -> dict[str, dict[st
         return {}
     out = {"agent": {f: _round(mean(getattr(q, f) for q in questions))
                      for f in ("recall", "precision", "faithfulness", "forward_passes", "forward_rows", "wall_s")}}
-    for name in questions[0].baselines:
-        out[name] = {f: _round(mean(q.baselines[name][f] for q in questions))
+    for name in dict.fromkeys(name for q in questions for name in q.baselines):
+        out[name] = {f: _round(mean(q.baselines[name][f] for q in questions if name in q.baselines))
                      for f in ("recall", "precision", "faithfulness", "forward_passes", "forward_rows", "wall_s")}
     return out
 
@@ -370,7 +397,9 @@ def format_scoreboard(board: Scoreboard) -> str:
     for name, b in board.baselines.items():
         lines.append(f"{name:<26}{_fmt(b['recall']):>8}{_fmt(b['precision']):>7}{_fmt(b['faithfulness']):>10}"
                      f"{b['forward_passes'] or 0:>9.1f}{b['forward_rows'] or 0:>9.0f}{b['wall_s'] or 0:>8.1f}")
-    lines += ["", "targets:"]
+    p = s["planted_first"]
+    lines += ["", f"planted component first: {p['seeded_first']}/{p['seeded_runs']} seeds of the seeded planted "
+              f"question(s); {p['first']}/{p['runs']} runs on planted keys in all", "", "targets:"]
     for name, t in s["targets"].items():
         value = t["value"] if isinstance(t["value"], str) else _fmt(t["value"])
         lines.append(f"  {name:<20}{value:>8}  (target {t['target']}): {'met' if t['met'] else 'NOT met'}")

@@ -212,3 +212,37 @@ questions:
     assert record["settings"]["brain"] == "openai"
     assert record["cost"]["tokens_in"] + record["cost"]["tokens_out"] == q["tokens"]
     assert QUESTION_FIELDS <= set(q) and q["recall"] is not None
+
+
+def test_an_investigation_that_fails_is_scored_as_reporting_nothing_and_the_eval_goes_on(tmp_path, capsys,
+                                                                                        monkeypatch):
+    import agents.investigate
+
+    real = agents.investigate.ask
+    calls = []
+
+    def first_fails(*args, **kwargs):
+        calls.append(kwargs["seed"])
+        if len(calls) == 1:
+            raise RuntimeError("the model ran out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(agents.investigate, "ask", first_fails)
+    questions = _write(tmp_path / "q.yaml", """
+questions:
+  - id: pronoun
+    question: "How does the model pick the right pronoun after a name?"
+    key: default-pronoun
+    seeds: [0, 1]
+    n: 8
+    judge_n: 16
+""")
+    board = _eval(capsys, "--questions", str(questions), "--workspace", str(tmp_path / "ev"))
+    failed, ok = board["questions"][0]["runs"]
+    assert calls == [0, 1]
+    assert failed["status"] == "error" and "RuntimeError: the model ran out of memory" in failed["error"]
+    assert failed["recall"] == 0.0 and failed["precision"] is None and failed["faithfulness"] == 0.0
+    assert failed["baselines"] == {} and failed["forward_pass_ratio"] is None
+    assert ok["status"] == "answered" and ok["error"] is None and ok["baselines"]
+    assert board["summary"]["errors"] == 1
+    assert board["questions"][0]["recall"] == pytest.approx((0.0 + ok["recall"]) / 2)
