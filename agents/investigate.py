@@ -24,6 +24,7 @@ from tools.tasks.declared import declared_tasks
 
 if TYPE_CHECKING:
     from agents.llm.settings import LLMSettings
+    from tools.loading import LoadedModel
 
 BRAINS = ("heuristic", "openai")
 SMALL_MODEL_PARAMETERS = 100_000_000
@@ -33,8 +34,12 @@ SMALL_MODEL_PARAMETERS = 100_000_000
 def ask(question: str, *, model: str, spec_file: str | None = None, workspace: str | None = None,
         chroma_url: str | None = None, seed: int = 0, n: int | None = None, budget: Budget | None = None,
         brain: str = "heuristic", llm: "LLMSettings | None" = None, remote: bool = False,
-        lock_timeout: float | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Run a new investigation to the end; return the summary ``sleuth ask --json`` prints."""
+        lock_timeout: float | None = None, progress: Progress | None = None,
+        loaded: "LoadedModel | None" = None) -> dict[str, Any]:
+    """Run a new investigation to the end; return the summary ``sleuth ask --json`` prints.
+
+    ``loaded``: the model ``model`` names, already loaded (the eval harness reuses one model
+    across questions and reads its forward-pass counter); None loads it here."""
     from tools.loading import load_model
 
     budget = budget or Budget()
@@ -48,7 +53,7 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
         raise UserInputError("ask needs a question (or --spec FILE)")
     behavior = load_spec_file(spec_file) if spec_file is not None else None
     # everything that can be wrong with the question is found before the workspace is opened
-    loaded = _load(load_model, model, remote)
+    loaded = loaded if loaded is not None else _load(load_model, model, remote)
     context = getattr(loaded.hf_model.config, "max_position_embeddings", None)
     declared = declared_tasks(loaded.source)
     prompts_n = n or (64 if _parameters(loaded) < SMALL_MODEL_PARAMETERS else 32)
