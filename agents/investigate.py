@@ -73,7 +73,10 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
         raise UserInputError(f"{reason.split('; give')[0]}; the experiments compare clean and corrupted runs, "
                              "so quote one (corrupted: \"...\") or give one in a spec file")
     if behavior.task is None:
+        from agents.steps import draw_user_prompt_sets
+
         behavior = behavior.model_copy(update={"n": prompts_n})
+        draw_user_prompt_sets(behavior, loaded.tokenizer)  # a prompt the critic cannot re-test fails here
     with Memory.open(workspace, writer=True, chroma_url=chroma_url, lock_timeout=lock_timeout) as memory:
         run = memory.runs.create(question or behavior.question, loaded.model_id, weights_hash=loaded.weights_hash,
                                  settings={"model": model, "behavior": behavior.model_dump(mode="json"),
