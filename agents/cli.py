@@ -158,20 +158,61 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
     budget = Budget.from_flags(max_experiments=args.max_experiments, max_time=args.max_time,
                                max_tokens=args.max_tokens, max_dollars=args.max_dollars)
-    llm = None
-    if args.brain == "openai":
-        from agents.llm.settings import LLMSettings
-
-        overrides = {k: v for k, v in (("model", args.llm_model), ("base_url", args.llm_base_url),
-                                       ("timeout_s", args.llm_timeout)) if v is not None}
-        try:
-            llm = LLMSettings(**overrides)
-        except ValueError as error:  # pydantic's ValidationError: a bad environment variable or flag
-            raise UserInputError(f"LLM settings: {str(error).splitlines()[-1].strip()}") from None
+    llm = _llm_settings(args) if args.brain == "openai" else None
     out = ask(args.question, model=args.model, spec_file=args.spec, workspace=args.workspace,
               chroma_url=args.chroma_url, seed=args.seed, n=args.n, budget=budget, brain=args.brain, llm=llm,
               remote=args.remote, lock_timeout=args.lock_timeout, progress=Progress())
     _print_summary(out, args.json)
+    return 0
+
+
+def _llm_settings(args: argparse.Namespace):
+    """The openai brain's settings: the environment's, overridden by the --llm-* flags."""
+    from agents.llm.settings import LLMSettings
+
+    overrides = {k: v for k, v in (("model", args.llm_model), ("base_url", args.llm_base_url),
+                                   ("timeout_s", args.llm_timeout)) if v is not None}
+    try:
+        return LLMSettings(**overrides)
+    except ValueError as error:  # pydantic's ValidationError: a bad environment variable or flag
+        raise UserInputError(f"LLM settings: {str(error).splitlines()[-1].strip()}") from None
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    # the benchmark lives with the evals (which may import everything); imported here only
+    from evals.harness import format_scoreboard, run_benchmark
+    from evals.questions import BENCHMARK, load_questions
+    from memory.runstore import new_run_id
+    from tools.atomic import atomic_write_text
+
+    path = Path(args.questions) if args.questions else BENCHMARK
+    questions = load_questions(path)
+    if args.only:
+        questions = [q for q in questions if any(t in q.id or t in q.model for t in args.only)]
+        if not questions:
+            raise UserInputError(f"--only {' '.join(args.only)}: no question of {path} has that in its id or model")
+    llm = _llm_settings(args) if args.brain == "openai" else None
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserInputError(f"--threads must be at least 1, not {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    root = Path(args.workspace or "sleuth-eval") / new_run_id()
+    if root.parent.exists() and not root.parent.is_dir():
+        raise UserInputError(f"--workspace {root.parent} is a file, not a folder")
+    board = run_benchmark(questions, root=root, questions_file=str(path), brain=args.brain, llm=llm,
+                          log=lambda line: print(f"eval: {line}", file=sys.stderr, flush=True))
+    text = board.model_dump_json(indent=1)  # run_benchmark wrote it to root/scoreboard.json
+    if args.out:
+        atomic_write_text(Path(args.out), text + "\n")
+    if args.json:
+        print(text)
+    else:
+        print(format_scoreboard(board))
+        print(f"\nscoreboard: {root / 'scoreboard.json'}")
     return 0
 
 
@@ -361,6 +402,24 @@ def build_parser() -> argparse.ArgumentParser:
         writer.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS", help=lock_help)
         writer.add_argument("--json", action="store_true", help="print one JSON object")
         writer.set_defaults(func=command)
+
+    e = sub.add_parser("eval", help="the benchmark: investigations scored against answer keys, with baselines")
+    e.add_argument("--brain", default="heuristic", choices=("heuristic", "openai"),
+                   help="who plans the investigations (default heuristic)")
+    e.add_argument("--questions", default=None, metavar="FILE",
+                   help="a question file with answer keys (YAML/JSON; default: the shipped benchmark)")
+    e.add_argument("--only", nargs="+", metavar="TEXT",
+                   help="only questions whose id or model contains one of these (e.g. organism, gemma)")
+    e.add_argument("--workspace", default=None, metavar="DIR",
+                   help="where each eval makes a folder of its investigations and scoreboard.json "
+                   "(default ./sleuth-eval)")
+    e.add_argument("--out", default=None, metavar="FILE", help="also write the scoreboard JSON here")
+    e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
+    e.add_argument("--llm-model", default=None, help="openai brain: the model")
+    e.add_argument("--llm-base-url", default=None, help="openai brain: an OpenAI-compatible endpoint")
+    e.add_argument("--llm-timeout", type=float, default=None, help="openai brain: seconds per call")
+    e.add_argument("--json", action="store_true", help="print the scoreboard as one JSON object")
+    e.set_defaults(func=_cmd_eval)
 
     rp = sub.add_parser("report", help="print a run's report, rebuilt from its stored results")
     rp.add_argument("run_id", metavar="RUN_ID", help="a run id, or 'latest' for the workspace's newest run")

@@ -130,7 +130,7 @@ def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
                          "second_method": t.second_method, "second_ablation": t.second_ablation.model_dump(),
                          "control_kind": t.control_kind, "controls": list(t.controls),
                          "p_value": t.p_value, "adjusted_p": t.adjusted_p, "seed": seeds.get(t.claim.id),
-                         "claim": t.claim.model_dump(mode="json", exclude={"estimated_on"})})
+                         "claim": t.claim.model_dump(mode="json")})  # exactly what was tested
             toolbox.run.add_claim(claim)
             toolbox.remember(claim)
         toolbox.progress.update(note=f"critic: {sum(v == 'supported' for v in verdicts.values())} of "

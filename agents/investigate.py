@@ -24,6 +24,7 @@ from tools.tasks.declared import declared_tasks
 
 if TYPE_CHECKING:
     from agents.llm.settings import LLMSettings
+    from tools.loading import LoadedModel
 
 BRAINS = ("heuristic", "openai")
 SMALL_MODEL_PARAMETERS = 100_000_000
@@ -33,8 +34,12 @@ SMALL_MODEL_PARAMETERS = 100_000_000
 def ask(question: str, *, model: str, spec_file: str | None = None, workspace: str | None = None,
         chroma_url: str | None = None, seed: int = 0, n: int | None = None, budget: Budget | None = None,
         brain: str = "heuristic", llm: "LLMSettings | None" = None, remote: bool = False,
-        lock_timeout: float | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Run a new investigation to the end; return the summary ``sleuth ask --json`` prints."""
+        lock_timeout: float | None = None, progress: Progress | None = None,
+        loaded: "LoadedModel | None" = None) -> dict[str, Any]:
+    """Run a new investigation to the end; return the summary ``sleuth ask --json`` prints.
+
+    ``loaded``: the model ``model`` names, already loaded (the eval harness reuses one model
+    across questions and reads its forward-pass counter); None loads it here."""
     from tools.loading import load_model
 
     budget = budget or Budget()
@@ -48,7 +53,7 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
         raise UserInputError("ask needs a question (or --spec FILE)")
     behavior = load_spec_file(spec_file) if spec_file is not None else None
     # everything that can be wrong with the question is found before the workspace is opened
-    loaded = _load(load_model, model, remote)
+    loaded = loaded if loaded is not None else _load(load_model, model, remote)
     context = getattr(loaded.hf_model.config, "max_position_embeddings", None)
     declared = declared_tasks(loaded.source)
     prompts_n = n or (64 if _parameters(loaded) < SMALL_MODEL_PARAMETERS else 32)
@@ -68,7 +73,10 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
         raise UserInputError(f"{reason.split('; give')[0]}; the experiments compare clean and corrupted runs, "
                              "so quote one (corrupted: \"...\") or give one in a spec file")
     if behavior.task is None:
+        from agents.steps import draw_user_prompt_sets
+
         behavior = behavior.model_copy(update={"n": prompts_n})
+        draw_user_prompt_sets(behavior, loaded.tokenizer)  # a prompt the critic cannot re-test fails here
     with Memory.open(workspace, writer=True, chroma_url=chroma_url, lock_timeout=lock_timeout) as memory:
         run = memory.runs.create(question or behavior.question, loaded.model_id, weights_hash=loaded.weights_hash,
                                  settings={"model": model, "behavior": behavior.model_dump(mode="json"),
@@ -222,6 +230,9 @@ def report_text(run_id: str, *, workspace: str | None = None, fmt: str = "md") -
 
     run = open_run(run_id, workspace=workspace)
     if run.investigation() is None:
+        stored = run.folder / "reports" / "report.md"
+        if fmt == "md" and stored.exists():  # a run from before reports were rebuilt from stored results
+            return stored.read_text(encoding="utf-8")
         raise UserInputError(f"run {run.id} has no report yet (status {run.record.status}); "
                              f"`sleuth resume {run.id}` finishes it")
     return render(run, fmt)

@@ -179,22 +179,7 @@ class Toolbox:
             extra = self._generation()
             return (b.to_prompt_pairs(split="train", **extra),
                     b.to_prompt_pairs(split="heldout", seed=b.seed + 1000, **extra))
-        from tools.tasks.base import TaskPrompt
-        from tools.tasks.perturb import vary_prompt
-
-        own = [TaskPrompt(clean=c, corrupted=x, answer=a, foil=f)
-               for c, x, a, f in zip(b.prompts, b.corrupted or b.prompts, b.answers, b.foils)]
-        pool: list[TaskPrompt] = []
-        per_prompt = max(2, (2 * b.n) // len(own) + 2)
-        for item in own:
-            pool += vary_prompt(item, self.model.tokenizer, per_prompt, seed=b.seed,
-                                exclude=[p.clean for p in own + pool])
-        if not pool:
-            mine = b.to_prompt_pairs()
-            return mine, mine
-        discovery = (own + pool[0::2])[: max(b.n, len(own))]
-        fresh = pool[1::2][: b.n]
-        return _pairs(discovery), _pairs(fresh)
+        return draw_user_prompt_sets(b, self.model.tokenizer)
 
     def _generation(self) -> dict[str, Any]:
         """Generator and tokenizer for a behaviour the model folder declares (the trigger)."""
@@ -332,6 +317,35 @@ class Toolbox:
         result = self.experiment(job.bind(prompts))
         summary = {k: v for k, v in result.model_dump(mode="json").items() if k not in ("spec", "provenance")}
         return {"kind": result.spec.kind, "summary": summary, "evidence": [result.key]}
+
+
+def draw_user_prompt_sets(b: BehaviorSpec, tokenizer) -> tuple[PromptPairs, PromptPairs]:
+    """Discovery and fresh prompts for a behaviour given as the user's own prompts: the prompts
+    plus variants of them (other names, other entities: `tools.tasks.perturb`) for discovery,
+    other variants for the critic; both the user's prompts when none can be made.
+
+    Raises:
+        UserInputError: fewer than two prompts for the critic (its bootstrap needs two).
+    """
+    from tools.tasks.base import TaskPrompt
+    from tools.tasks.perturb import vary_prompt
+
+    own = [TaskPrompt(clean=c, corrupted=x, answer=a, foil=f)
+           for c, x, a, f in zip(b.prompts, b.corrupted or b.prompts, b.answers, b.foils)]
+    pool: list[TaskPrompt] = []
+    per_prompt = max(2, (2 * b.n) // len(own) + 2)
+    for item in own:
+        pool += vary_prompt(item, tokenizer, per_prompt, seed=b.seed, exclude=[p.clean for p in own + pool])
+    if not pool:
+        mine = b.to_prompt_pairs()
+        sets = mine, mine
+    else:
+        discovery = (own + pool[0::2])[: max(b.n, len(own))]
+        sets = _pairs(discovery), _pairs(pool[1::2][: b.n])
+    if len(sets[1].clean) < 2:
+        raise UserInputError(f"the critic needs at least 2 prompts to re-test claims on, and this prompt could be "
+                             f"varied into only {len(sets[1].clean)}; give several prompts in a spec file (--spec)")
+    return sets
 
 
 class _CountingRun:

@@ -50,3 +50,24 @@ def test_a_prompt_that_cannot_be_varied_gives_none(tok):
                        corrupted="apple river table apple river")
     assert vary_prompt(plain, tok, 5, seed=0) == []
     assert derive_entity_corruption("apple river table", "table", tok) is None
+
+
+def test_bystander_names_are_varied_when_the_answer_is_not_a_name(tok):
+    item = TaskPrompt(clean="We saw Mary at the park and the cerulean", answer=" banana", foil=" .",
+                      corrupted="We saw Mary at the park and the green")
+    variants = vary_prompt(item, tok, 6, seed=0)
+    assert len(variants) == 6 and len({v.clean for v in variants}) == 6
+    for v in variants:
+        name = v.clean.split()[2]
+        assert name != "Mary" and v.corrupted == f"We saw {name} at the park and the green"
+        assert (v.answer, v.foil) == (" banana", " .") and is_expressible(tok, v)
+
+
+def test_a_quoted_prompt_the_critic_cannot_retest_is_refused_before_a_run(tmp_path, capsys):
+    from agents.cli import main as sleuth
+
+    question = 'Why does the model complete "the cerulean" with "banana" rather than "." corrupted: "the green"'
+    assert sleuth(["ask", question, "--model", "organism-planted", "--workspace", str(tmp_path / "ws")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the critic needs at least 2 prompts" in err
+    assert not (tmp_path / "ws" / "runs").exists()

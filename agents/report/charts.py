@@ -403,35 +403,58 @@ def _bezier(p0, p1, p2, p3, t: float) -> tuple[float, float]:
             u ** 3 * p0[1] + 3 * u * u * t * p1[1] + 3 * u * t * t * p2[1] + t ** 3 * p3[1])
 
 
-def _overlaps(box, boxes) -> bool:
+def _overlap(box, boxes) -> float:
+    """Total area ``box`` shares with ``boxes``."""
     x, y, w, h = box
-    return any(x < bx + bw and bx < x + w and y < by + bh and by < y + h for bx, by, bw, bh in boxes)
+    return sum(max(0.0, min(x + w, bx + bw) - max(x, bx)) * max(0.0, min(y + h, by + bh) - max(y, by))
+               for bx, by, bw, bh in boxes)
 
 
 def _draw_diagram(d: Diagram) -> Svg:
     columns = sorted({n.layer for n in d.nodes})
-    col_w, node_w, node_h, row_h, left, top = 190.0, 104.0, 36.0, 58.0, 16.0, 30.0
+    # wide circuits (many layers) get narrower gaps, so the figure keeps a readable scale
+    col_w = 190.0 if len(columns) <= 6 else 150.0
+    node_w, node_h, row_h, left, top = 104.0, 36.0, 58.0, 16.0, 30.0
     place: dict[str, tuple[float, float]] = {}
     per_column: dict[float, list[Node]] = {c: [n for n in d.nodes if n.layer == c] for c in columns}
     tallest = max((len(v) for v in per_column.values()), default=1)
     height = top + tallest * row_h + 34
-    for i, c in enumerate(columns):
+    output_gap = 70.0  # room before the logits for the labels of the direct paths
+    xs = {c: left + i * col_w + (output_gap if any(n.role == "output" for n in per_column[c]) else 0.0)
+          for i, c in enumerate(columns)}
+    for c in columns:
         nodes = per_column[c]
         offset = (tallest - len(nodes)) * row_h / 2
         for j, n in enumerate(nodes):
-            place[n.id] = (left + i * col_w, top + offset + j * row_h)
-    width = left + (len(columns) - 1) * col_w + node_w + 16
+            place[n.id] = (xs[c], top + offset + j * row_h)
+    width = max(xs.values(), default=left) + node_w + 16
     shapes: list[Shape] = []
-    for i, c in enumerate(columns):
+    for c in columns:
         label = "logits" if any(n.role == "output" for n in per_column[c]) else f"layer {int(c)}"
-        shapes.append(_text(left + i * col_w + node_w / 2, 16, label, anchor="middle", size=10, fill="#666"))
-    occupied = [(x - 2, y - 2, node_w + 4, node_h + 4) for x, y in place.values()]
+        shapes.append(_text(xs[c] + node_w / 2, 16, label, anchor="middle", size=10, fill="#666"))
+    drawn = [e for e in d.edges if e.source in place and e.target in place]
+    # a node with many incoming paths (the logits) grows, and the paths arrive at separate ports
+    incoming: dict[str, list[Edge]] = {}
+    for e in drawn:
+        incoming.setdefault(e.target, []).append(e)
+    heights = {n.id: node_h for n in d.nodes}
+    for target, edges in incoming.items():
+        if len(edges) > 3 and target in place:
+            grown = 17.0 * len(edges) + 8
+            x, y = place[target]
+            place[target] = (x, y + node_h / 2 - grown / 2)
+            heights[target] = grown
+    port: dict[tuple[str, str], float] = {}
+    for target, edges in incoming.items():
+        ordered_ = sorted(edges, key=lambda e: place[e.source][1])
+        h = heights[target]
+        for k, e in enumerate(ordered_):
+            port[(e.source, e.target)] = place[target][1] + h * (k + 1) / (len(ordered_) + 1)
+    occupied = [(x - 2, y - 2, node_w + 4, heights[i] + 4) for i, (x, y) in place.items()]
     labels: list[Shape] = []
-    for e in sorted(d.edges, key=lambda e: abs(e.value)):
-        if e.source not in place or e.target not in place:
-            continue
+    for e in sorted(drawn, key=lambda e: abs(e.value)):
         (sx, sy), (tx, ty) = place[e.source], place[e.target]
-        p0, p3 = (sx + node_w, sy + node_h / 2), (tx - 2, ty + node_h / 2)
+        p0, p3 = (sx + node_w, sy + heights[e.source] / 2), (tx - 2, port[(e.source, e.target)])
         if p3[0] <= p0[0]:  # same column: enter from above
             p3 = (tx + node_w / 2, ty - 2)
         bend = max(40.0, (p3[0] - p0[0]) / 2)
@@ -448,21 +471,30 @@ def _draw_diagram(d: Diagram) -> Svg:
                                                             f"{verdict}"))
         text = f"{e.label} {_fmt(e.value)}"
         w = 6.2 * len(text) + 6
-        for t in (0.5, 0.35, 0.65, 0.25, 0.75, 0.15, 0.85, 0.5):
+        output = next((n.role == "output" for n in d.nodes if n.id == e.target), False)
+        tries = [0.9, 0.86, 0.94, 0.82, 0.78, 0.7, 0.6, 0.5] if output else [0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8]
+        best = None
+        for t in tries:  # the first place the label covers nothing, else the one covering least
             mx, my = _bezier(p0, p1, p2, p3, t)
             box = (mx - w / 2, my - 9, w, 14)
-            if not _overlaps(box, occupied):
+            cost = _overlap(box, occupied)
+            if best is None or cost < best[0]:
+                best = (cost, mx, my, box)
+            if cost == 0:
                 break
+        _, mx, my, box = best
         occupied.append(box)
         labels.append(_rect(*box, "#ffffff", opacity="0.9"))
         labels.append(_text(mx, my + 2, text, anchor="middle", size=10, fill=colour_))
     for n in d.nodes:
         x, y = place[n.id]
-        shapes.append(_rect(x, y, node_w, node_h, _ROLE_FILL[n.role], title=f"{n.label} ({n.role}) {n.detail}",
+        h = heights[n.id]
+        shapes.append(_rect(x, y, node_w, h, _ROLE_FILL[n.role], title=f"{n.label} ({n.role}) {n.detail}",
                             stroke="#555", rx="5"))
-        shapes.append(_text(x + node_w / 2, y + 15, n.label, anchor="middle", size=11, weight="bold"))
+        middle = y + h / 2
+        shapes.append(_text(x + node_w / 2, middle - 3, n.label, anchor="middle", size=11, weight="bold"))
         if n.detail:
-            shapes.append(_text(x + node_w / 2, y + 29, n.detail, anchor="middle", size=9, fill="#444"))
+            shapes.append(_text(x + node_w / 2, middle + 11, n.detail, anchor="middle", size=9, fill="#444"))
     shapes += labels
     legend_y = height - 10
     for k, (role, name) in enumerate((("writer", "writes the answer"), ("reader", "reads the changed tokens"),

@@ -11,6 +11,9 @@ kinds of prompt can be varied without changing what they ask:
 - **entities** (factual recall): the prompt names an entity of a fact table (a country, a
   landmark) and the answer is its fact (the capital, the city); the entity is replaced by another
   one of the table, and the corrupted prompt by a third, whose fact is the foil.
+- **bystanders**: otherwise, names in the prompt that are neither the answer nor the foil
+  (``We saw Mary at the park and the cerulean`` -> ``banana``) are replaced by other names, in
+  the clean and the corrupted prompt alike; the answer and the foil stay as they are.
 
 `derive_entity_corruption` builds the corrupted prompt and the foil for a factual prompt that
 came without them. `vary_prompt` gives seeded variants, each checked against the tokenizer
@@ -83,7 +86,8 @@ def vary_prompt(item: TaskPrompt, tokenizer, n: int, *, seed: int,
     rng = random.Random(f"vary:{item.clean}:{seed}")
     seen = set(exclude) | {item.clean}
     out: list[TaskPrompt] = []
-    candidates = _name_variants(item, answer, foil, rng) or _entity_variants(item, answer, foil, rng)
+    candidates = (_name_variants(item, answer, foil, rng) or _entity_variants(item, answer, foil, rng)
+                  or _bystander_variants(item, answer, foil, rng))
     for variant in candidates:
         if len(out) >= n:
             break
@@ -114,6 +118,19 @@ def _entity_variants(item: TaskPrompt, answer: str, foil: str, rng: random.Rando
     rng.shuffle(pairs)
     return [TaskPrompt(clean=_replace(item.clean, {entity: x[0]}), corrupted=_replace(item.clean, {entity: y[0]}),
                        answer=_after(item.clean, x[1]), foil=_after(item.clean, y[1])) for x, y in pairs]
+
+
+def _bystander_variants(item: TaskPrompt, answer: str, foil: str, rng: random.Random) -> list[TaskPrompt]:
+    present = [n for n in NAMES if n not in (answer, foil) and _occurs(n, item.clean)]
+    if not present:
+        return []
+    others = [n for n in NAMES if n not in (answer, foil) and n not in present]
+    out = []
+    for _ in range(4 * len(others)):
+        mapping = dict(zip(present, rng.sample(others, len(present))))
+        out.append(TaskPrompt(clean=_replace(item.clean, mapping), corrupted=_replace(item.corrupted, mapping),
+                              answer=item.answer, foil=item.foil))
+    return out
 
 
 def _after(prompt: str, word: str) -> str:

@@ -1,0 +1,136 @@
+"""Benchmark question files: questions as users ask them, each tied to an answer key.
+
+A question file is YAML (``.yaml``/``.yml``) or JSON holding ``questions:``, a list of::
+
+    id: default-ioi                      # unique; letters, digits, '.', '_', '-'
+    question: "indirect object identification"   # what a user would type after `sleuth ask`
+    spec: specs/pronoun.yaml             # ... or a behaviour spec file instead (relative to this file)
+    key: default-ioi                     # a shipped key (evals/keys/<name>.json) or a key .json path
+    model: organism-default              # optional: defaults to the key's model
+    seeds: [0, 1, 2, 3, 4]               # optional: one investigation per `sleuth ask --seed` (default [0];
+                                         #   it samples a named behaviour's prompts and a quoted
+                                         #   prompt's variants; a spec file's own seed wins)
+    n: 64                                # optional: prompts per set (default: as `sleuth ask`)
+    judge_n: 128                         # optional: re-measure on the first judge_n key prompts
+                                         #   (default all of them; smaller for quick smoke runs)
+
+A question scored against a key must ask about the key's contrast (the same corruption): a
+quoted IOI prompt left to intake gets both names swapped everywhere, a different contrast from
+the IOI keys' (only the repeated name changes), so quote the corrupted prompt.
+
+`load_questions` checks everything it can before any model loads: the file parses, every
+field is known, ids are unique, each question has a question or a spec (not both), spec
+files exist, and every key loads (`evals.keys.load_key`). Mistakes are one `UserInputError`
+line naming the file and the question.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evals.keys.schema import AnswerKey, load_key
+from tools.errors import UserInputError
+
+QUESTIONS_DIR = Path(__file__).resolve().parent
+BENCHMARK = QUESTIONS_DIR / "benchmark.yaml"
+"""The shipped benchmark (`sleuth eval`'s default question file)."""
+
+
+class Question(BaseModel):
+    """One benchmark question (see the module docstring for the file format)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+    question: str | None = None
+    spec: str | None = None
+    key: str
+    model: str | None = None
+    seeds: tuple[int, ...] = Field((0,), min_length=1)
+    n: int | None = Field(None, ge=1)
+    judge_n: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "Question":
+        if (self.question is None) == (self.spec is None):
+            raise ValueError("give either question (the text a user asks) or spec (a behaviour spec file)")
+        if self.question is not None and not self.question.strip():
+            raise ValueError("question is empty")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds lists a seed twice")
+        return self
+
+
+class BenchmarkQuestion(BaseModel):
+    """A question with its key loaded and its paths resolved."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    question: Question
+    key: AnswerKey
+    spec_path: Path | None
+    model: str
+    """The model to investigate: the question's, else the key's."""
+
+    @property
+    def id(self) -> str:
+        return self.question.id
+
+    @property
+    def text(self) -> str:
+        return self.question.question or f"spec file {self.question.spec}"
+
+
+def load_questions(path: str | Path) -> list[BenchmarkQuestion]:
+    """The questions of a file, checked (see the module docstring).
+
+    Raises:
+        UserInputError: one line naming the file (and the question) for anything wrong.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json"):
+        raise UserInputError(f"{path}: a question file is .yaml, .yml or .json, not {suffix or '(no suffix)'!r}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserInputError(f"{path}: no such question file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserInputError(f"{path}: cannot read the question file ({type(error).__name__})") from None
+    try:
+        data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise UserInputError(f"{path}: not valid {'JSON' if suffix == '.json' else 'YAML'} "
+                             f"({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict) or set(data) != {"questions"} or not isinstance(data["questions"], list) \
+            or not data["questions"]:
+        raise UserInputError(f"{path}: a question file is a mapping with one field, questions: a non-empty "
+                             "list of questions (id, question or spec, key, ...)")
+    out: list[BenchmarkQuestion] = []
+    for i, entry in enumerate(data["questions"]):
+        label = entry.get("id") if isinstance(entry, dict) and isinstance(entry.get("id"), str) else f"#{i + 1}"
+        try:
+            question = Question.model_validate(entry)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise UserInputError(f"{path}: question {label}: {where + ': ' if where else ''}"
+                                 f"{first['msg'].removeprefix('Value error, ')}") from None
+        if any(q.id == question.id for q in out):
+            raise UserInputError(f"{path}: question id {question.id!r} is used twice")
+        spec_path = None
+        if question.spec is not None:
+            spec_path = Path(question.spec) if Path(question.spec).is_absolute() else path.parent / question.spec
+            if not spec_path.is_file():
+                raise UserInputError(f"{path}: question {question.id}: no spec file {spec_path}")
+        try:
+            key = load_key(question.key, base=path.parent)
+        except UserInputError as error:
+            raise UserInputError(f"{path}: question {question.id}: {error}") from None
+        out.append(BenchmarkQuestion(question=question, key=key, spec_path=spec_path,
+                                     model=question.model or key.model))
+    return out

@@ -1,0 +1,248 @@
+"""The benchmark: a brute-force key recomputed equals the shipped one; scores on a report whose
+right answer is counted by hand; `sleuth eval` end to end (heuristic and openai brains); bad
+question files -> one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agents.cli import main as sleuth
+from evals.keys import KEYS_DIR, load_key
+from evals.keys.compute import SHIPPED, compute_key
+from evals.score import (
+    ReportedClaim,
+    planted_first,
+    recall_precision,
+    reported_components,
+    reported_edges,
+    verdict_accuracy,
+)
+from tests._scripted_llm import ScriptedLLM, playbook
+
+QUESTION_FIELDS = {"id", "recall", "precision", "verdict_accuracy", "faithfulness", "forward_passes", "wall_s"}
+
+
+# -- answer keys ---------------------------------------------------------------------------------
+
+
+def test_a_recomputed_key_equals_the_shipped_one():
+    from tools.loading import load_model
+
+    shipped = load_key("default-pronoun")
+    target = SHIPPED["default-pronoun"]
+    assert shipped.method is not None and shipped.method.recipe == f"python -m evals.keys.compute --key {target.name}"
+    fresh = compute_key(load_model(target.model), target)
+    assert fresh.method == shipped.method  # thresholds, interval level, resamples, seed, recipe
+    assert fresh.prompts == shipped.prompts and fresh.weights_hash == shipped.weights_hash
+    assert fresh.components == shipped.components and len(shipped.components) > 0
+    assert {e.pair for e in fresh.edges} == {e.pair for e in shipped.edges}
+    assert fresh.planted == shipped.planted == ()
+    for new, old in zip(fresh.component_table, shipped.component_table, strict=True):
+        assert new.component == old.component and new.matters == old.matters
+        for a, b in ((new.restores, old.restores), (new.removes, old.removes)):
+            assert a.estimate == pytest.approx(b.estimate, abs=1e-4)
+            assert a.low == pytest.approx(b.low, abs=1e-4) and a.high == pytest.approx(b.high, abs=1e-4)
+    for new, old in zip(fresh.edge_table, shipped.edge_table, strict=True):
+        assert new.pair == old.pair
+        assert new.carried.estimate == pytest.approx(old.carried.estimate, abs=1e-4)
+
+
+def test_every_shipped_key_loads_and_names_its_planted_component_only_where_one_was_planted():
+    keys = {name: load_key(name) for name in SHIPPED if (KEYS_DIR / f"{name}.json").exists()}
+    assert {"default-ioi", "planted-trigger"} <= set(keys)
+    assert keys["planted-trigger"].planted == ("mlp.2",)  # evals/organisms/planted/ground_truth.json
+    assert all(k.planted == () for name, k in keys.items() if name != "planted-trigger")
+    for key in keys.values():
+        rule = key.method.component_threshold
+        for row in key.component_table:  # the stored table and the stored answer agree
+            passes = any(abs(e.estimate) >= rule and (e.low > 0 or e.high < 0) for e in (row.restores, row.removes))
+            assert passes == row.matters == (row.component in key.components), (key.name, row.component)
+
+
+# -- scores on a constructed report ---------------------------------------------------------------
+
+
+def _claim(id: str, kind: str, verdict: str, components=(), *, threshold=None, measured=None, receivers=()):
+    return ReportedClaim(id=id, kind=kind, verdict=verdict, components=tuple(components), threshold=threshold,
+                         measured=measured, receivers=tuple(receivers))
+
+
+def test_scores_of_a_constructed_report_match_a_hand_count():
+    key_components = ["mlp.0", "head.1.2", "head.2.0", "mlp.3"]
+    key_edges = {("mlp.0", "logits"), ("head.1.2", "head.2.0.q")}
+    claims = [
+        # supported, holds under the key (0.50 >= 0.40): right; reports mlp.0 and head.0.1
+        _claim("writers", "direct", "supported", ["mlp.0", "head.0.1"], threshold=0.4, measured=0.5),
+        # supported, does not hold (0.10 < 0.25): wrong; reports head.1.2
+        _claim("top", "necessity", "supported", ["head.1.2"], threshold=0.25, measured=0.10),
+        # refuted, does not hold: right; reports nothing
+        _claim("readers", "path", "refuted", ["head.2.0"], threshold=0.2, measured=0.05, receivers=["mlp.3"]),
+        # inconclusive: takes no side, reports nothing
+        _claim("circuit", "faithfulness", "inconclusive", key_components, threshold=0.8, measured=0.9),
+        # supported but not re-measured: not judged; names no component
+        _claim("routing", "routing", "supported", threshold=0.75),
+        # supported path claim, holds: right; reports head.1.2 again and an edge into head.2.0.q
+        _claim("paths", "path", "supported", ["head.1.2"], threshold=0.1, measured=0.3, receivers=["head.2.0.q"]),
+    ]
+    reported = reported_components(claims)
+    assert reported == ("mlp.0", "head.0.1", "head.1.2")  # supported only, first mention first
+    recall, precision = recall_precision(reported, key_components)
+    assert recall == 2 / 4 and precision == 2 / 3  # mlp.0 and head.1.2 are in the key; head.0.1 is not
+    assert verdict_accuracy(claims) == 3 / 4  # writers, readers, paths right; top wrong
+    edges = reported_edges(claims)
+    assert edges == {("mlp.0", "logits"), ("head.0.1", "logits"), ("head.1.2", "head.2.0.q")}
+    assert recall_precision(edges, key_edges) == (2 / 2, 2 / 3)
+    assert planted_first(claims, ["mlp.0"]) is True  # the first supported claim names mlp.0 first
+    assert planted_first(claims, ["head.0.1"]) is False
+    assert planted_first(claims, []) is None
+    assert recall_precision([], key_components) == (0.0, None)
+    assert verdict_accuracy([claims[3], claims[4]]) is None
+
+
+# -- sleuth eval ----------------------------------------------------------------------------------
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _eval(capsys, *argv: str) -> dict:
+    code = sleuth(["eval", *argv, "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
+
+
+def _runs(workspace: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(workspace.glob("*/*/runs/*/run.json"))]
+
+
+def test_sleuth_eval_scores_organism_questions_with_baselines_and_writes_the_documented_json(tmp_path, capsys):
+    questions = _write(tmp_path / "q.yaml", """
+questions:
+  - id: trigger
+    question: "Why does the trigger word produce its token?"
+    key: planted-trigger
+    n: 16
+    judge_n: 48
+""")
+    board = _eval(capsys, "--questions", str(questions), "--workspace", str(tmp_path / "ev"))
+    assert set(board) >= {"questions", "summary", "baselines"} and board["brain"] == "heuristic"
+    (q,) = board["questions"]
+    assert QUESTION_FIELDS <= set(q) and q["id"] == "trigger" and len(q["runs"]) == 1
+    run = q["runs"][0]
+    # the forward-pass counter the harness reads agrees with the run's own count
+    (record,) = _runs(tmp_path / "ev")
+    assert run["forward_passes"] == record["cost"]["forward_passes"] > 0 and run["status"] == "answered"
+    supported = [c for c in run["claims"] if c["verdict"] == "supported"]
+    assert run["reported"] == list(dict.fromkeys(x for c in supported for x in c["components"]))
+    assert run["planted_first"] == (supported[0]["components"][:1] == ["mlp.2"])
+    assert {"exhaustive", "attribution_topk", "random"} <= set(board["baselines"])
+    assert run["baselines"]["random"]["forward_passes"] == 0 < run["baselines"]["exhaustive"]["forward_passes"]
+    assert run["forward_pass_ratio"] == pytest.approx(
+        run["forward_passes"] / run["baselines"]["exhaustive"]["forward_passes"])
+    assert run["forward_row_ratio"] == pytest.approx(
+        run["forward_rows"] / run["baselines"]["exhaustive"]["forward_rows"])
+    assert set(board["summary"]["targets"]) == {"recall", "precision", "verdict_accuracy", "forward_pass_ratio",
+                                                "forward_row_ratio", "planted_first"}
+    written = json.loads(next((tmp_path / "ev").glob("*/scoreboard.json")).read_text())
+    assert written == board
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("questions: [", "not valid YAML"),
+    ("questions: []", "non-empty list"),
+    ("questions:\n  - {id: a, question: IOI, key: no-such-key}", "unknown answer key 'no-such-key'"),
+    ("questions:\n  - {id: a, question: IOI, key: default-ioi, colour: red}", "colour"),
+    ("questions:\n  - {id: a, key: default-ioi}", "give either question"),
+    ("questions:\n  - {id: a, question: IOI, spec: s.yaml, key: default-ioi}", "give either question"),
+    ("questions:\n  - {id: a, question: IOI, key: default-ioi}\n  - {id: a, question: IOI, key: default-ioi}",
+     "used twice"),
+    ("questions:\n  - {id: a, spec: missing.yaml, key: default-ioi}", "no spec file"),
+    ("questions:\n  - {id: a, question: IOI, key: mine.json}", "no such file"),
+    ("questions:\n  - {id: a, question: IOI, key: bad.json}", "a key lists heads"),
+])
+def test_a_bad_question_file_is_one_line_and_exit_2(tmp_path, capsys, content, problem):
+    _write(tmp_path / "bad.json", json.dumps({"name": "bad", "model": "organism-default", "behaviour": "ioi",
+                                              "prompts": {"task": "ioi", "n": 8}, "components": ["resid_pre.1"]}))
+    questions = _write(tmp_path / "q.yaml", content)
+    code = sleuth(["eval", "--questions", str(questions), "--workspace", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert code == 2 and problem in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "ev").exists()  # nothing ran
+
+
+def test_a_user_key_naming_a_component_the_model_lacks_stops_before_any_investigation(tmp_path, capsys):
+    _write(tmp_path / "mine.json", json.dumps({
+        "name": "mine", "model": "organism-default", "behaviour": "ioi", "prompts": {"task": "ioi", "n": 8},
+        "components": ["head.9.0"], "edges": [{"sender": "mlp.0", "receiver": "logits"}]}))
+    questions = _write(tmp_path / "q.yaml", "questions:\n  - {id: a, question: IOI, key: mine.json}\n")
+    code = sleuth(["eval", "--questions", str(questions), "--workspace", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if not line.startswith("eval: ")]  # progress lines aside
+    assert code == 2 and len(errors) == 1 and "head.9.0" in errors[0] and errors[0].startswith("sleuth: error")
+    assert not _runs(tmp_path / "ev")
+
+
+def test_the_openai_brain_runs_through_the_same_harness(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    monkeypatch.setenv("SLEUTH_LLM_BACKOFF_S", "0.01")
+    questions = _write(tmp_path / "q.yaml", """
+questions:
+  - id: ioi
+    question: "Which heads and MLPs does indirect object identification use?"
+    key: default-ioi
+    n: 8
+    judge_n: 32
+""")
+    with ScriptedLLM(playbook) as server:
+        board = _eval(capsys, "--brain", "openai", "--llm-base-url", server.url, "--llm-model", "scripted",
+                      "--questions", str(questions), "--workspace", str(tmp_path / "ev"))
+    assert board["brain"] == "openai"
+    (q,) = board["questions"]
+    (run,) = q["runs"]
+    assert run["status"] == "answered" and q["tokens"] > 0
+    roles = server.roles
+    assert roles[0] == "intake" and roles[-1] == "reporter"
+    (record,) = _runs(tmp_path / "ev")
+    assert record["settings"]["brain"] == "openai"
+    assert record["cost"]["tokens_in"] + record["cost"]["tokens_out"] == q["tokens"]
+    assert QUESTION_FIELDS <= set(q) and q["recall"] is not None
+
+
+def test_an_investigation_that_fails_is_scored_as_reporting_nothing_and_the_eval_goes_on(tmp_path, capsys,
+                                                                                        monkeypatch):
+    import agents.investigate
+
+    real = agents.investigate.ask
+    calls = []
+
+    def first_fails(*args, **kwargs):
+        calls.append(kwargs["seed"])
+        if len(calls) == 1:
+            raise RuntimeError("the model ran out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(agents.investigate, "ask", first_fails)
+    questions = _write(tmp_path / "q.yaml", """
+questions:
+  - id: pronoun
+    question: "How does the model pick the right pronoun after a name?"
+    key: default-pronoun
+    seeds: [0, 1]
+    n: 8
+    judge_n: 16
+""")
+    board = _eval(capsys, "--questions", str(questions), "--workspace", str(tmp_path / "ev"))
+    failed, ok = board["questions"][0]["runs"]
+    assert calls == [0, 1]
+    assert failed["status"] == "error" and "RuntimeError: the model ran out of memory" in failed["error"]
+    assert failed["recall"] == 0.0 and failed["precision"] is None and failed["faithfulness"] == 0.0
+    assert failed["baselines"] == {} and failed["forward_pass_ratio"] is None
+    assert ok["status"] == "answered" and ok["error"] is None and ok["baselines"]
+    assert board["summary"]["errors"] == 1
+    assert board["questions"][0]["recall"] == pytest.approx((0.0 + ok["recall"]) / 2)
