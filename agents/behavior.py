@@ -181,18 +181,7 @@ def load_spec_file(path: str | Path) -> BehaviorSpec:
             file, an unparsable one, an unknown field, a wrong type, or an inconsistent spec.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".json"):
-        raise UserInputError(f"{path}: unknown spec file type {suffix or '(no suffix)'!r}; "
-                             "use a .yaml, .yml or .json file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserInputError(f"{path}: no such spec file; check the path") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserInputError(f"{path}: cannot read the spec file ({type(error).__name__}); "
-                             "give a readable UTF-8 text file") from None
-    data = _parse(path, text, suffix)
+    data = read_data_file(path, "spec file")
     if data is None:
         raise UserInputError(f"{path}: the spec file is empty; give prompts, answers and foils, "
                              "or a task")
@@ -214,6 +203,28 @@ def load_spec_file(path: str | Path) -> BehaviorSpec:
         raise UserInputError(f"{path}: field {where!r}: {first['msg']} (got {got})") from None
     except UserInputError as error:
         raise type(error)(f"{path}: {error}") from None
+
+
+def read_data_file(path: str | Path, what: str) -> object:
+    """The content of a YAML (``.yaml``/``.yml``) or JSON (``.json``) file as Python data.
+
+    Raises:
+        UserInputError: one line naming the file (``what``: "spec file", "question file"...) when
+            its type is not one of those, it is missing or unreadable, or it does not parse.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json"):
+        raise UserInputError(f"{path}: unknown {what} type {suffix or '(no suffix)'!r}; "
+                             "use a .yaml, .yml or .json file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserInputError(f"{path}: no such {what}; check the path") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserInputError(f"{path}: cannot read the {what} ({type(error).__name__}); "
+                             "give a readable UTF-8 text file") from None
+    return _parse(path, text, suffix)
 
 
 def _parse(path: Path, text: str, suffix: str) -> object:

@@ -82,22 +82,10 @@ def load_canaries(path: str | Path, tokenizer, *, n: int = DEFAULT_N, seed: int 
             unknown behaviour name, an entry a spec file would reject, a behaviour this tokenizer
             cannot express, two entries of one name.
     """
-    import json
-
-    import yaml
+    from agents.behavior import read_data_file
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserInputError(f"{path}: no such behaviours file; check the path") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserInputError(f"{path}: cannot read the behaviours file ({type(error).__name__})") from None
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as error:
-        raise UserInputError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} "
-                             f"({' '.join(str(error).split())[:120]})") from None
+    data = read_data_file(path, "behaviours file")
     if isinstance(data, dict) and set(data) == {"behaviours"}:
         data = data["behaviours"]
     if not isinstance(data, list) or not data:

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agents.behavior import BehaviorSpec, load_spec_file
 from agents.intake import intake
+from agents.report.build import prompt_examples
 from tools.errors import UserInputError
 from tools.stats import Interval
 
@@ -153,7 +154,7 @@ def measure_diff(run: "Run", a: "LoadedModel", b: "LoadedModel", behavior: Behav
         "model": {"model_id": b.model_id, "weights_hash": b.weights_hash},
         "weights": weight_change_norms(a, b).model_dump(mode="json"),
         "prompts": {"discovery": discovery.model_dump(mode="json"), "fresh": fresh.model_dump(mode="json"),
-                    "fresh_kind": toolbox.fresh_kind, "examples": _examples(a, discovery, fresh)},
+                    "fresh_kind": toolbox.fresh_kind, "examples": prompt_examples(a.tokenizer, {"discovery": discovery, "fresh": fresh})},
         "investigation": [],
     }
     readout = read_diff(run, record)
@@ -330,18 +331,6 @@ def _store_claims(run: "Run", b: "LoadedModel", behavior: BehaviorSpec, necessit
                      "second_ablation": x.second.model_dump(), "control_kind": "three random other components",
                      "controls": list(x.controls), "p_value": x.p_value, "adjusted_p": x.adjusted_p,
                      "seed": entry["seed"]}))
-
-
-def _examples(model: "LoadedModel", discovery, fresh) -> dict[str, dict]:
-    from tools.experiments.prompts import resolve_prompts
-
-    out = {}
-    for name, pairs in (("discovery", discovery), ("fresh", fresh)):
-        items = resolve_prompts(pairs, model.tokenizer)
-        first = items[0]
-        out[name] = {"n": len(items), "clean": first.clean, "corrupted": first.corrupted, "answer": first.answer,
-                     "foil": first.foil}
-    return out
 
 
 def diff_summary(run: "Run") -> dict[str, Any]:

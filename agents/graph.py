@@ -204,16 +204,9 @@ def investigation_record(toolbox: "Toolbox", state: dict[str, Any], *, answer: d
                          ) -> dict[str, Any]:
     """What ``investigation.json`` keeps: every step's outcome (with its evidence keys), what
     memory knew, LLM events, and how the prompts were drawn — what a report is rebuilt from."""
-    from agents.report.build import describe_discovery
-    from tools.experiments.prompts import resolve_prompts
+    from agents.report.build import describe_discovery, prompt_examples
 
-    examples = {}
-    for name, prompts in (("discovery", toolbox.prompts), ("fresh", toolbox.fresh_prompts)):
-        items = resolve_prompts(prompts, toolbox.model.tokenizer)
-        if items:
-            first = items[0]
-            examples[name] = {"n": len(items), "clean": first.clean, "corrupted": first.corrupted,
-                              "answer": first.answer, "foil": first.foil}
+    examples = prompt_examples(toolbox.model.tokenizer, {"discovery": toolbox.prompts, "fresh": toolbox.fresh_prompts})
     return {"outcomes": list(state.get("outcomes") or []), "prior": list(state.get("prior") or []),
             "llm_events": list(state.get("llm_events") or []), "stopped_in": state.get("stopped_in"),
             "hypotheses": list(state.get("hypotheses") or []), "answer": answer,

@@ -514,6 +514,29 @@ def _faithfulness_figure(m: dict) -> Figure | None:
 # -- context, methods, limitations ---------------------------------------------------------------------------
 
 
+def prompt_examples(tokenizer, sets: dict[str, Any]) -> dict[str, dict]:
+    """Per named prompt set (`PromptPairs`): its size and first example, for the report."""
+    from tools.experiments.prompts import resolve_prompts
+
+    out = {}
+    for name, pairs in sets.items():
+        items = resolve_prompts(pairs, tokenizer)
+        if items:
+            first = items[0]
+            out[name] = {"n": len(items), "clean": first.clean, "corrupted": first.corrupted,
+                         "answer": first.answer, "foil": first.foil}
+    return out
+
+
+def stored_results(run: "Run"):
+    """``(key, JSON of the stored result)`` for every experiment of ``run`` whose JSON parses."""
+    for key in run.experiment_keys():
+        try:
+            yield key, json.loads((run.folder / "experiments" / f"{key}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+
+
 def describe_discovery(toolbox) -> str:
     """Where the components were found, in words (stored in ``investigation.json``)."""
     b = toolbox.behavior
@@ -559,11 +582,7 @@ def _experiments(run: "Run", context: dict) -> list[ExperimentRow]:
         if prompts:
             named[json.dumps(prompts, sort_keys=True)] = name
     rows = []
-    for key in run.experiment_keys():
-        try:
-            data = json.loads((run.folder / "experiments" / f"{key}.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
+    for key, data in stored_results(run):
         spec = dict(data.get("spec") or {})
         prompts = spec.pop("prompts", None) or {}
         which = named.get(json.dumps(prompts, sort_keys=True))
@@ -596,11 +615,7 @@ def _seeds(behavior: dict, context: dict, claims: list[Claim]) -> list[Prose]:
 
 def _versions(run: "Run") -> dict[str, list[str]]:
     versions: dict[str, set[str]] = {}
-    for key in run.experiment_keys():
-        try:
-            data = json.loads((run.folder / "experiments" / f"{key}.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
+    for _, data in stored_results(run):
         prov = data.get("provenance") or {}
         for package, version in (prov.get("versions") or {}).items():
             versions.setdefault(package, set()).add(str(version))

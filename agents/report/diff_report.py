@@ -7,7 +7,6 @@ Every number comes from `agents.diff_readout.read_diff` on the stored results (t
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
@@ -216,12 +215,10 @@ def _figures(readout: dict, record: dict, weights: list[dict]) -> tuple[list[Fig
 
 
 def _experiments(run: "Run") -> list[dict[str, str]]:
+    from agents.report.build import stored_results
+
     rows = []
-    for key in run.experiment_keys():
-        try:
-            data = json.loads((run.folder / "experiments" / f"{key}.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
+    for key, data in stored_results(run):
         spec = data.get("spec") or {}
         prov = data.get("provenance") or {}
         rows.append({"key": key, "kind": spec.get("kind", "?"), "model": prov.get("model_id", "?"),

@@ -26,12 +26,11 @@ line naming the file and the question.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agents.behavior import read_data_file
 from evals.keys.schema import AnswerKey, load_key
 from tools.errors import UserInputError
 
@@ -92,20 +91,7 @@ def load_questions(path: str | Path) -> list[BenchmarkQuestion]:
         UserInputError: one line naming the file (and the question) for anything wrong.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".json"):
-        raise UserInputError(f"{path}: a question file is .yaml, .yml or .json, not {suffix or '(no suffix)'!r}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserInputError(f"{path}: no such question file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserInputError(f"{path}: cannot read the question file ({type(error).__name__})") from None
-    try:
-        data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise UserInputError(f"{path}: not valid {'JSON' if suffix == '.json' else 'YAML'} "
-                             f"({str(error).splitlines()[0]})") from None
+    data = read_data_file(path, "question file")
     if not isinstance(data, dict) or set(data) != {"questions"} or not isinstance(data["questions"], list) \
             or not data["questions"]:
         raise UserInputError(f"{path}: a question file is a mapping with one field, questions: a non-empty "
