@@ -63,6 +63,19 @@ def test_bystander_names_are_varied_when_the_answer_is_not_a_name(tok):
         assert (v.answer, v.foil) == (" banana", " .") and is_expressible(tok, v)
 
 
+def test_bystander_names_keep_their_gender_so_a_pronoun_stays_right(tok):
+    from tools.tasks.vocab import FEMALE_NAMES, MALE_NAMES
+
+    item = TaskPrompt(clean="Mary said that", answer=" she", foil=" he", corrupted="John said that")
+    variants = vary_prompt(item, tok, 8, seed=0)
+    assert len(variants) == 8
+    for v in variants:
+        clean_name, corrupted_name = v.clean.split()[0], v.corrupted.split()[0]
+        assert clean_name in FEMALE_NAMES and clean_name != "Mary"
+        assert corrupted_name in MALE_NAMES and corrupted_name != "John"
+        assert (v.answer, v.foil) == (" she", " he")
+
+
 def test_a_quoted_prompt_the_critic_cannot_retest_is_refused_before_a_run(tmp_path, capsys):
     from agents.cli import main as sleuth
 

@@ -12,7 +12,8 @@ kinds of prompt can be varied without changing what they ask:
   landmark) and the answer is its fact (the capital, the city); the entity is replaced by another
   one of the table, and the corrupted prompt by a third, whose fact is the foil.
 - **bystanders**: otherwise, names in the prompt that are neither the answer nor the foil
-  (``We saw Mary at the park and the cerulean`` -> ``banana``) are replaced by other names, in
+  (``We saw Mary at the park and the cerulean`` -> ``banana``) are replaced by other names of
+  the same gender (a name can be what the answer depends on: ``Mary said that`` -> ``she``), in
   the clean and the corrupted prompt alike; the answer and the foil stay as they are.
 
 `derive_entity_corruption` builds the corrupted prompt and the foil for a factual prompt that
@@ -121,13 +122,22 @@ def _entity_variants(item: TaskPrompt, answer: str, foil: str, rng: random.Rando
 
 
 def _bystander_variants(item: TaskPrompt, answer: str, foil: str, rng: random.Random) -> list[TaskPrompt]:
-    present = [n for n in NAMES if n not in (answer, foil) and _occurs(n, item.clean)]
-    if not present:
+    # A name can carry what the prompt asks about (``Mary said that`` -> `` she``), so each one
+    # is replaced by another of its own class: female by female, male by male.
+    mappings_per_class = []
+    for cls in (FEMALE_NAMES, MALE_NAMES):
+        pool = [n for n in cls if n not in (answer, foil)]
+        present = [n for n in pool if _occurs(n, item.clean) or _occurs(n, item.corrupted)]
+        others = [n for n in pool if n not in present]
+        if present and len(others) >= len(present):
+            mappings_per_class.append((present, others))
+    if not mappings_per_class:
         return []
-    others = [n for n in NAMES if n not in (answer, foil) and n not in present]
     out = []
-    for _ in range(4 * len(others)):
-        mapping = dict(zip(present, rng.sample(others, len(present))))
+    for _ in range(4 * sum(len(others) for _, others in mappings_per_class)):
+        mapping = {}
+        for present, others in mappings_per_class:
+            mapping.update(zip(present, rng.sample(others, len(present))))
         out.append(TaskPrompt(clean=_replace(item.clean, mapping), corrupted=_replace(item.corrupted, mapping),
                               answer=item.answer, foil=item.foil))
     return out
