@@ -76,16 +76,10 @@ def diff_models(question: str, *, base: str, model: str, spec_file: str | None =
                                      "base_weights_hash": a.weights_hash, "behavior": behavior.model_dump(mode="json"),
                                      "seed": seed, "top_k": TOP_K})
         run.update(status="running")
-        try:
-            record = measure_diff(run, a, b, behavior, declarer, seed=seed)
-            run.write_investigation(record)
-            from agents.report.render import write_reports
+        from agents.report.render import reported
 
-            run.update(status="answered", cost={"wall_s": time.monotonic() - started})
-            write_reports(run)
-        except BaseException:
-            run.update(status="failed", cost={"wall_s": time.monotonic() - started})
-            raise
+        with reported(run, started):
+            run.write_investigation(measure_diff(run, a, b, behavior, declarer, seed=seed))
         return diff_summary(run)
 
 

@@ -164,7 +164,9 @@ def watch(arguments: Sequence[str], *, behaviours: str | None = None, workspace:
         run.update(status="running")
         record: dict[str, Any] = {"kind": "watch", "source": "checkpoints",
                                   "canaries": [c.model_dump(mode="json") for c in canaries], "checkpoints": []}
-        try:
+        from agents.report.render import reported
+
+        with reported(run, started):
             model = first
             for i, point in enumerate(series):
                 if i:
@@ -177,13 +179,6 @@ def watch(arguments: Sequence[str], *, behaviours: str | None = None, workspace:
                 run.write_investigation(record)
             record["roles"] = _roles(run, model, canaries, readings_of(run, record))
             run.write_investigation(record)
-            run.update(status="answered", cost={"wall_s": time.monotonic() - started})
-            from agents.report.render import write_reports
-
-            write_reports(run)
-        except BaseException:
-            run.update(status="failed", cost={"wall_s": time.monotonic() - started})
-            raise
         return watch_summary(run)
 
 

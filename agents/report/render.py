@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -164,3 +166,17 @@ def write_reports(run: "Run", folder: Path | None = None) -> dict[str, Path]:
     for f in data.figures:
         atomic_write_text(figures / f"{f.id}.svg", render_svg(f))
     return paths
+
+
+@contextmanager
+def reported(run: "Run", started: float):
+    """Run a measurement's body: on success the run is answered and its reports written; on any
+    exception (a kill included) it is marked failed and the exception goes on. ``started`` is the
+    ``time.monotonic()`` the wall time counts from."""
+    try:
+        yield
+    except BaseException:
+        run.update(status="failed", cost={"wall_s": time.monotonic() - started})
+        raise
+    run.update(status="answered", cost={"wall_s": time.monotonic() - started})
+    write_reports(run)
