@@ -19,7 +19,13 @@ prompts), with:
 
 3. **controls** — ``n_controls`` random component sets of the same size (for routing: other
    positions of the same layer; for steering: random directions of the same norm), scored
-   the same way; the claim must beat every one;
+   the same way; the claim must beat every one. Component controls are drawn from the
+   components that *no* claim of the run names (``named``, filled by trusted code from the
+   run's claims, never by a brain) when enough remain: a control is something the
+   investigation says does not matter, so "beats every control" asks whether the claimed
+   components matter more than the unexplained rest — not whether a single component beats
+   another the run itself claims (on the planted organism three random single components include
+   mlp.0 or mlp.2, which outrank mlp.3, 30% of the time);
 4. **a p-value** — one-sided shifted bootstrap of the score (the ratio of means, resampled as
    for the CI) against the threshold; `holm_adjust` corrects the p-values of all claims of a
    run together.
@@ -107,16 +113,18 @@ class _Measured:
 
 
 def examine_claim(run: "Run", model: "LoadedModel", claim: AnyClaim, prompts: PromptPairs, *,
-                  n_controls: int = 3, seed: int = 0, n_resamples: int = 2000) -> ClaimTest:
+                  n_controls: int = 3, seed: int = 0, n_resamples: int = 2000,
+                  named: Sequence[str] = ()) -> ClaimTest:
     """Run the critic's experiments for ``claim`` on ``prompts`` (fresh ones: the caller draws
-    them from a seed never used to find the claim) and return the measurements."""
+    them from a seed never used to find the claim) and return the measurements. ``named``: the
+    components the run's claims name, kept out of the controls (see the module docstring)."""
     if not claim.components and not isinstance(claim, (RoutingClaim, SteeringClaim)):
         raise UserInputError(f"claim {claim.id}: names no components to test")
     if not prompts.has_corrupted:
         raise UserInputError(f"claim {claim.id}: the critic's experiments compare clean and corrupted "
                              "runs, so it needs corrupted prompts; give a task or corrupted prompts")
     measure: Callable[..., _Measured] = _MEASURES[type(claim)]
-    m = measure(run, model, claim, prompts, n_controls=n_controls, seed=seed)
+    m = measure(run, model, claim, prompts, n_controls=n_controls, seed=seed, named=frozenset(named))
     numerator, denominator = m.main
     replication = ratio_bootstrap_ci(numerator, denominator, seed=seed, n_resamples=n_resamples)
     second = ratio_bootstrap_ci(*m.second, seed=seed, n_resamples=n_resamples)
@@ -151,7 +159,7 @@ def verdict_for(test: ClaimTest, *, alpha: float = 0.05) -> Verdict:
 
 
 def _measure_set(run: "Run", model: "LoadedModel", claim: SetClaim, prompts: PromptPairs, *,
-                 n_controls: int, seed: int) -> _Measured:
+                 n_controls: int, seed: int, named: frozenset[str] = frozenset()) -> _Measured:
     mode = "ablate" if claim.kind == "necessity" else "keep"
     positions = claim.positions
     if positions is None and claim.scope == "changed_onward":
@@ -168,24 +176,37 @@ def _measure_set(run: "Run", model: "LoadedModel", claim: SetClaim, prompts: Pro
     pool = [str(c) for c in universe_components(claim.universe, model.adapter.n_layers, model.adapter.n_heads)]
     # the claimed set as the ablation read it (``attn.L`` is its heads): ablated, or kept
     claimed = set(main.ablated) if mode == "ablate" else set(pool) - set(main.ablated)
-    sets = control_sets(pool, claimed, n_controls, seed=seed)
+    sets = control_sets(pool, claimed, n_controls, seed=seed, avoid=named)
     controls = [measure(s, claim.method) for s in sets]
     return _Measured(main=_ablation_terms(main, claim.kind), second=_ablation_terms(second, claim.kind),
                      second_method=f"{other} ablation",
                      controls=[_ratio(_ablation_terms(c, claim.kind)) for c in controls],
-                     control_kind=f"random sets of {len(claimed)} from the {'+'.join(claim.universe)} universe",
+                     control_kind=f"random sets of {len(claimed)} from the {'+'.join(claim.universe)} universe"
+                                  + _outside(pool, claimed, named),
                      evidence=[main.key, second.key, *(c.key for c in controls)])
 
 
-def control_sets(pool: Sequence[str], claimed: set[str], k: int, *, seed: int) -> list[list[str]]:
-    """``k`` random sets of ``len(claimed)`` components: disjoint from the claimed set when the
-    pool allows it, else drawn from the whole pool (a large circuit against random sets of its
-    size that overlap it), never the claimed set itself."""
+def control_sets(pool: Sequence[str], claimed: set[str], k: int, *, seed: int,
+                 avoid: Sequence[str] | frozenset[str] = ()) -> list[list[str]]:
+    """``k`` random sets of ``len(claimed)`` components: disjoint from the claimed set and from
+    ``avoid`` (what other claims name) when the pool allows it, else disjoint from the claimed
+    set, else drawn from the whole pool (a large circuit against random sets of its size that
+    overlap it), never the claimed set itself."""
     size = len(claimed)
+    outside = claimed | set(avoid)
+    if set(avoid) - claimed and len(set(pool) - outside) >= size:
+        return random_component_sets(pool, size, k, exclude=sorted(outside & set(pool)), seed=seed)
     if len(set(pool) - claimed) >= size:
         return random_component_sets(pool, size, k, exclude=sorted(claimed), seed=seed)
     drawn = random_component_sets(pool, size, k + 1, seed=seed)
     return [s for s in drawn if set(s) != claimed][:k]
+
+
+def _outside(pool: Sequence[str], claimed: set[str], named: frozenset[str]) -> str:
+    """How the controls were drawn, in words (`control_sets`' first case, or nothing)."""
+    if named - claimed and len(set(pool) - claimed - named) >= len(claimed):
+        return ", outside every claim's components"
+    return ""
 
 
 def _ablation_terms(result: AblationResult, kind: str) -> Terms:
@@ -199,14 +220,14 @@ def _ablation_terms(result: AblationResult, kind: str) -> Terms:
 
 
 def _measure_paths(run: "Run", model: "LoadedModel", claim: DirectClaim | PathClaim, prompts: PromptPairs, *,
-                   n_controls: int, seed: int) -> _Measured:
+                   n_controls: int, seed: int, named: frozenset[str] = frozenset()) -> _Measured:
     receivers = ("logits",) if isinstance(claim, DirectClaim) else claim.receivers
     if isinstance(claim, DirectClaim):
         pool = [str(c) for c in universe_components(("head", "mlp"), model.adapter.n_layers, model.adapter.n_heads)]
     else:
         first = min(parse_component(r.rsplit(".", 1)[0]).layer for r in receivers)
         pool = [f"head.{layer}.{h}" for layer in range(first) for h in range(model.adapter.n_heads)]
-    sets = control_sets(pool, set(claim.components), n_controls, seed=seed)
+    sets = control_sets(pool, set(claim.components), n_controls, seed=seed, avoid=named)
     main = run.experiment(model, PathPatchingSpec(prompts=prompts, receivers=receivers, senders=(),
                                                   sender_sets=(claim.components, *map(tuple, sets))))
     second = run.experiment(model, PathPatchingSpec(prompts=prompts, receivers=receivers, senders=(),
@@ -214,7 +235,8 @@ def _measure_paths(run: "Run", model: "LoadedModel", claim: DirectClaim | PathCl
     controls = [_ratio(_path_terms(main, i, "noising")) for i in range(1, 1 + len(sets))]
     return _Measured(main=_path_terms(main, 0, "noising"), second=_path_terms(second, 0, "denoising"),
                      second_method="denoising path patching", controls=controls,
-                     control_kind=f"random sets of {len(claim.components)} senders",
+                     control_kind=f"random sets of {len(claim.components)} senders"
+                                  + _outside(pool, set(claim.components), named),
                      evidence=[main.key, second.key])
 
 
@@ -230,7 +252,7 @@ def _path_terms(result, index: int, mode: str) -> Terms:
 
 
 def _measure_routing(run: "Run", model: "LoadedModel", claim: RoutingClaim, prompts: PromptPairs, *,
-                     n_controls: int, seed: int) -> _Measured:
+                     n_controls: int, seed: int, named: frozenset[str] = frozenset()) -> _Measured:
     from tools.experiments.prompts import tokenize_prompts
 
     shortest = int(tokenize_prompts(model, prompts, need_corrupted=True, aligned=True).lengths.min())
@@ -262,7 +284,7 @@ def _resid_terms(result, index: int, mode: str) -> Terms:
 
 
 def _measure_steering(run: "Run", model: "LoadedModel", claim: SteeringClaim, prompts: PromptPairs, *,
-                      n_controls: int, seed: int) -> _Measured:
+                      n_controls: int, seed: int, named: frozenset[str] = frozenset()) -> _Measured:
     def steer(direction: MeanDifferenceDirection, control_seed: int):
         return run.experiment(model, SteeringSpec(prompts=prompts, direction=direction, site=claim.site,
                                                   positions=(claim.position,), alphas=(-1.0,),

@@ -98,7 +98,7 @@ def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
     def route(state: InvestigationState):
         if state.get("phase") == "report" or not state.get("jobs"):
             return "reporter"
-        return [Send("worker", {"job": job}) for job in state["jobs"]]
+        return [Send("worker", {"job": dispatched(job, state.get("claims") or [])}) for job in state["jobs"]]
 
     async def worker(payload: dict[str, Any]) -> dict[str, Any]:
         # async on purpose: LangGraph runs sync nodes on pool threads, but a model traced by
@@ -192,6 +192,16 @@ def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
     graph.add_edge("critic", "planner")
     graph.add_edge("reporter", END)
     return graph.compile(checkpointer=checkpointer)
+
+
+def dispatched(job: dict[str, Any], claims: list[dict[str, Any]]) -> dict[str, Any]:
+    """The job as a worker gets it: an ``examine`` job carries every component the run's
+    proposed claims name (the critic keeps them out of its controls), set here from the claims
+    whatever the brain wrote into the job."""
+    if job.get("step") != "examine":
+        return job
+    named = sorted({c for proposed in claims for c in (proposed.get("claim") or {}).get("components") or ()})
+    return {**job, "named": named}
 
 
 def _prediction(test: ClaimTest) -> str:

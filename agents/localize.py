@@ -9,6 +9,11 @@
   patching of those components alone. A component is *significant* when its effect is at
   least ``min_effect`` and its per-prompt effects put a 99% normal confidence interval
   clear of zero; only significant components are candidates for the circuit first.
+  Patching in clean values (denoising) asks whether a component *suffices*; the ranking also
+  patches in corrupted values (noising: what each component *removes* from the clean run),
+  because a component can be needed without sufficing alone (it acts with others) or suffice
+  without being needed (a backup). Components whose noising share is at least ``min_effect``
+  and clear of zero are *necessary*.
 - `grow_circuit` takes the ranking and returns the smallest prefix whose faithfulness (the
   share of the logit difference kept when every other component of the universe is ablated)
   reaches the target under *every* ablation method asked for (resample and mean by default,
@@ -56,6 +61,13 @@ class Ranking(BaseModel):
     """Activation-patching effects of the top candidates (attribution rankings only)."""
     significant: tuple[str, ...] = ()
     """Components whose effect is clearly non-zero (see the module docstring), in rank order."""
+    removes: tuple[tuple[str, float], ...] = ()
+    """Noising: the share of the logit difference each component's corrupted value removes from
+    the clean run, largest |share| first (attribution rankings: the estimates); empty when the
+    noising direction was not measured."""
+    necessary: tuple[str, ...] = ()
+    """Components whose noising share is at least ``min_effect`` and clearly non-zero (for
+    attribution rankings: confirmed by activation patching), largest first."""
     evidence: tuple[str, ...]
 
     @property
@@ -99,29 +111,53 @@ def component_effects(result: "ExperimentResult", universe: Universe = ("head", 
 
 def rank_components(run: "Run", model: "LoadedModel", prompts: PromptPairs, *,
                     universe: Universe = ("head", "mlp"), exact_budget: int = 512,
-                    confirm_top: int = 12, min_effect: float = 0.01) -> Ranking:
-    """Rank every component of ``universe`` by |patching effect| (see the module docstring)."""
+                    confirm_top: int = 12, min_effect: float = 0.01, noising: bool = True) -> Ranking:
+    """Rank every component of ``universe`` by |patching effect| (see the module docstring);
+    ``noising``: also measure what each component removes from the clean run."""
     adapter = model.adapter
     count = (adapter.n_layers * adapter.n_heads if "head" in universe else 0) + \
         (adapter.n_layers if "mlp" in universe else 0)
     sweeps = tuple(_SWEEPS[k] for k in universe)
+    modes = ("denoising", "noising") if noising else ("denoising",)
     if count <= exact_budget:
-        result = run.experiment(model, ActivationPatchingSpec(prompts=prompts, sweeps=sweeps))
-        effects = _ordered(component_effects(result, universe))
-        clear = _clear_of_zero(result, universe)
-        significant = tuple(c for c, e in effects if abs(e) >= min_effect and clear.get(c, False))
-        return Ranking(effects=effects, method="activation_patching", significant=significant,
-                       evidence=(result.key,))
-    estimate = run.experiment(model, AttributionPatchingSpec(prompts=prompts, sweeps=sweeps))
-    ranked = _ordered(component_effects(estimate, universe))
-    top = [c for c, _ in ranked[:confirm_top]]
-    check = run.experiment(model, ActivationPatchingSpec(prompts=prompts, sweeps=(),
-                                                         component_sets=tuple((c,) for c in top)))
-    confirmed = tuple((s.components[0], s.effect if s.effect is not None else float("nan"))
-                      for s in check.component_sets)
-    significant = tuple(c for c, e in confirmed if abs(e) >= min_effect)
-    return Ranking(effects=ranked, method="attribution_patching", confirmed=confirmed,
-                   significant=significant, evidence=(estimate.key, check.key))
+        results = {mode: run.experiment(model, ActivationPatchingSpec(prompts=prompts, sweeps=sweeps, mode=mode))
+                   for mode in modes}
+        found = {mode: _exact_shares(result, universe, min_effect) for mode, result in results.items()}
+        effects, significant = found["denoising"]
+        removes, necessary = found.get("noising", ((), ()))
+        return Ranking(effects=effects, method="activation_patching", significant=significant, removes=removes,
+                       necessary=necessary, evidence=tuple(r.key for r in results.values()))
+    evidence: list[str] = []
+    shares: dict[str, tuple] = {}
+    for mode in modes:
+        estimate = run.experiment(model, AttributionPatchingSpec(prompts=prompts, sweeps=sweeps, mode=mode))
+        ranked = _ordered(_as_share(component_effects(estimate, universe), mode))
+        top = [c for c, _ in ranked[:confirm_top]]
+        check = run.experiment(model, ActivationPatchingSpec(prompts=prompts, sweeps=(), mode=mode,
+                                                             component_sets=tuple((c,) for c in top)))
+        confirmed = tuple(_as_share({s.components[0]: float("nan") if s.effect is None else s.effect
+                                     for s in check.component_sets}, mode).items())
+        shares[mode] = (ranked, confirmed, tuple(c for c, e in confirmed if abs(e) >= min_effect))
+        evidence += [estimate.key, check.key]
+    ranked, confirmed, significant = shares["denoising"]
+    removes, _, necessary = shares.get("noising", ((), (), ()))
+    return Ranking(effects=ranked, method="attribution_patching", confirmed=confirmed, significant=significant,
+                   removes=removes, necessary=necessary, evidence=tuple(evidence))
+
+
+def _as_share(effects: dict[str, float], mode: str) -> dict[str, float]:
+    """Normalised patching effects (0 = corrupted, 1 = clean) as the share each component
+    restores (denoising: the effect itself) or removes from the clean run (noising: 1 − effect)."""
+    return effects if mode == "denoising" else {c: 1.0 - e for c, e in effects.items()}
+
+
+def _exact_shares(result: "ExperimentResult", universe: Universe, min_effect: float
+                  ) -> tuple[tuple[tuple[str, float], ...], tuple[str, ...]]:
+    """(components by |share|, the ones at least ``min_effect`` and clear of zero) of an
+    activation-patching sweep in its mode."""
+    shares = _ordered(_as_share(component_effects(result, universe), result.spec.mode))
+    clear = _clear_of_zero(result, universe)
+    return shares, tuple(c for c, e in shares if abs(e) >= min_effect and clear.get(c, False))
 
 
 def grow_circuit(run: "Run", model: "LoadedModel", prompts: PromptPairs, order: Sequence[str], *,
@@ -196,9 +232,12 @@ def grow_circuit(run: "Run", model: "LoadedModel", prompts: PromptPairs, order: 
 
 
 def _clear_of_zero(result: "ExperimentResult", universe: Universe, z: float = 2.576) -> dict[str, bool]:
-    """Per component: whether its per-prompt patching effect has a 99% normal CI clear of zero."""
+    """Per component: whether its per-prompt patching effect has a 99% normal CI clear of zero
+    (the patched run against the run it patches into: corrupted when denoising, clean when
+    noising)."""
     t = result.tensors
     gap = (t["clean_logit_diff"] - t["corrupted_logit_diff"]).double()
+    base = t["corrupted_logit_diff" if result.spec.mode == "denoising" else "clean_logit_diff"].double()
     scale = float(gap.mean())
     out: dict[str, bool] = {}
     if abs(scale) < 1e-9:
@@ -206,7 +245,7 @@ def _clear_of_zero(result: "ExperimentResult", universe: Universe, z: float = 2.
     for sweep in result.sweeps:
         if sweep.per_position or sweep.site not in universe:
             continue
-        per_prompt = (t[f"logit_diff.{sweep.name}"].double() - t["corrupted_logit_diff"].double()) / scale
+        per_prompt = (t[f"logit_diff.{sweep.name}"].double() - base) / scale
         flat = per_prompt.reshape(-1, per_prompt.shape[-1])
         n = flat.shape[-1]
         mean, sd = flat.mean(-1), flat.std(-1) if n > 1 else flat.new_zeros(flat.shape[0])

@@ -293,7 +293,8 @@ def summarise(state: dict[str, Any]) -> dict[str, Any]:
                              "second": t["second_ablation"]["estimate"], "controls": t["controls"]})
         elif step == "rank":
             outcomes.append({"step": step, "top": [(c, o["effects"][c]) for c in o["order"][:12]],
-                             "significant": len(o["significant"])})
+                             "significant": len(o["significant"]),
+                             "necessary": [(c, o["removes"][c]) for c in (o.get("necessary") or [])[:12]]})
         else:
             outcomes.append({k: v for k, v in o.items() if k not in ("evidence", "tried", "tokens")})
     return {"behavior": {k: v for k, v in state.get("behavior", {}).items() if k in ("task", "prompts", "answers",

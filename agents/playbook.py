@@ -8,8 +8,9 @@ outcomes of the steps in `agents.steps`) and returns the next phase with its job
 2. **lens**: the logit lens (from which layer the answer is decodable) and residual-stream
    patching by layer × position (where the information that decides the answer enters, and
    at which layer it reaches the final position).
-3. **rank** every head and MLP by patching; only *significant* components (effect clear of
-   zero) are candidates first.
+3. **rank** every head and MLP by patching, in both directions: what each restores to the
+   corrupted run (denoising) and what it removes from the clean run (noising); only
+   *significant* components (denoising effect clear of zero) are candidates first.
 4. **circuit**: the smallest prefix of that ranking that keeps the target share (80%) of the
    logit difference under both resample and mean ablation of everything else.
 5. **roles** of the circuit's components: direct logit attribution, direct paths to the logits
@@ -21,7 +22,11 @@ outcomes of the steps in `agents.steps`) and returns the next phase with its job
 7. **steer** along the clean − corrupted direction where the information arrives at the final
    position.
 8. **claims**, each with a pre-registered prediction, for the **critic** (`agents.critic`); if
-   the circuit does not survive it, grow a larger one once and test again.
+   the circuit does not survive it, grow a larger one once and test again. Besides the
+   circuit, each component the noising sweep found *necessary on its own* (removing at least
+   ``individual_share`` of the logit difference) that the circuit search did not need is a
+   claim of its own (at most ``max_individual``): a minimal circuit can leave out components
+   whose loss the model feels, and a reader needs to see them.
 
 Thresholds of mechanism claims are pre-registered as half of what discovery measured (rounded
 down to 0.05, at most 0.5): the claim is that the effect replicates at a substantial size,
@@ -44,8 +49,11 @@ class HeuristicBrain:
     name = "heuristic"
 
     def __init__(self, *, target: float = 0.8, max_circuit: int = 24, reader_attention: float = 0.2,
-                 writer_share: float = 0.1, max_roles: int = 16, max_extensions: int = 2) -> None:
+                 writer_share: float = 0.1, max_roles: int = 16, max_extensions: int = 2,
+                 individual_share: float = 0.1, max_individual: int = 4) -> None:
         self.target = target
+        self.individual_share = individual_share
+        self.max_individual = max_individual
         self.max_circuit = max_circuit
         self.reader_attention = reader_attention
         self.writer_share = writer_share
@@ -166,7 +174,29 @@ class HeuristicBrain:
                 f"Subtracting the mean clean − corrupted difference of the residual stream at {steer['site']} "
                 f"(final token) removes at least {threshold:.2f} of the logit difference on new prompts, "
                 f"more than a random direction of the same norm.")))
+        out += self._individual_claims(last)
         return [c.model_dump(mode="json") for c in out]
+
+    def _individual_claims(self, last: dict) -> list[ProposedClaim]:
+        """Components necessary on their own (noising removes at least ``individual_share``,
+        clear of zero) that the circuit and the top claim leave out: one claim each, largest
+        first. The prediction is half the discovery share, and never below ``individual_share``
+        (the claim is that the component matters, not merely that it does something)."""
+        rank = last["rank"]
+        removes = rank.get("removes") or {}
+        named = {*last["circuit"]["components"], rank["order"][0]}
+        picked = [c for c in rank.get("necessary") or () if c not in named
+                  and (removes.get(c) or 0) >= self.individual_share][: self.max_individual]
+        out = []
+        for c in picked:
+            threshold = max(self.individual_share, preregister(removes[c]))
+            out.append(ProposedClaim(role="individual", claim=SetClaim(
+                id=f"alone-{c}", components=(c,), kind="necessity", threshold=threshold, method="resample"),
+                statement=(
+                    f"{c} matters on its own, though the circuit search did not need it: patching its corrupted "
+                    f"value into the clean run removed {removes[c]:.2f} of the logit difference, and ablating it "
+                    f"alone removes at least {threshold:.2f} on new prompts.")))
+        return out
 
     def _reader_claims(self, last: dict, roles: dict, writers: list[str]) -> list[ProposedClaim]:
         """Heads that, at the final token, attend to the tokens the corruption changes (for IOI

@@ -106,6 +106,9 @@ class ExamineJob(_Job):
     step: Literal["examine"] = "examine"
     claim: AnyClaim
     seed: int = 0
+    named: tuple[str, ...] = ()
+    """The components the run's claims name, kept out of the critic's controls. The graph
+    fills it from the run's claims when it dispatches the job, whatever a brain wrote."""
 
 
 class ExperimentJob(_Job):
@@ -281,7 +284,8 @@ class Toolbox:
         experiment = _CountingRun(self)
         ranking = rank_components(experiment, self.model, self.prompts)
         return {"order": ranking.order, "effects": dict(ranking.effects), "method": ranking.method,
-                "significant": list(ranking.significant), "evidence": list(ranking.evidence)}
+                "significant": list(ranking.significant), "removes": dict(ranking.removes),
+                "necessary": list(ranking.necessary), "evidence": list(ranking.evidence)}
 
     def _do_circuit(self, job: CircuitJob) -> dict[str, Any]:
         found = grow_circuit(_CountingRun(self), self.model, self.prompts, job.order, target=job.target,
@@ -309,7 +313,8 @@ class Toolbox:
             direction=MeanDifferenceDirection(site=site, position=job.position))))
 
     def _do_examine(self, job: ExamineJob) -> dict[str, Any]:
-        test = examine_claim(_CountingRun(self), self.model, job.claim, self.fresh_prompts, seed=job.seed)
+        test = examine_claim(_CountingRun(self), self.model, job.claim, self.fresh_prompts, seed=job.seed,
+                             named=job.named)
         return {"test": test.model_dump(mode="json"), "seed": job.seed}
 
     def _do_experiment(self, job: ExperimentJob) -> dict[str, Any]:

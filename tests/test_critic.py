@@ -138,3 +138,35 @@ def test_steering_along_a_consistent_direction_is_supported(planted, run):
     assert verdict_for(test) == "supported", test
     assert test.second_method == "direction re-estimated on the fresh prompts"
     assert test.beats_controls and max(test.controls) < test.replication.estimate / 2
+
+
+def test_controls_are_drawn_outside_every_claims_components_when_the_pool_allows():
+    from agents.critic import control_sets
+
+    pool = [f"head.0.{h}" for h in range(6)] + ["mlp.0", "mlp.1"]
+    named = {"mlp.0", "mlp.1", "head.0.0"}
+    for seed in range(20):
+        for s in control_sets(pool, {"head.0.1"}, 3, seed=seed, avoid=named):
+            assert len(s) == 1 and not set(s) & (named | {"head.0.1"})
+    # too few components left outside the claims: disjoint from the claimed set only
+    drawn = [set(s) for seed in range(20) for s in control_sets(pool, {"head.0.1", "head.0.2", "head.0.3"}, 3,
+                                                                 seed=seed, avoid=named)]
+    assert all(not s & {"head.0.1", "head.0.2", "head.0.3"} for s in drawn)
+    assert any(s & named for s in drawn)
+    # nothing named beyond the claim: the old draw, unchanged
+    assert control_sets(pool, {"head.0.1"}, 3, seed=4, avoid={"head.0.1"}) == control_sets(pool, {"head.0.1"}, 3,
+                                                                                            seed=4)
+
+
+def test_a_component_is_not_judged_against_the_components_other_claims_name(planted, run):
+    """mlp.3 matters less than mlp.0 and mlp.2; with them among the controls, "beats every
+    control" would ask whether it is the most important component; kept out, whether it matters
+    more than the rest."""
+    fresh = _trigger_prompts(planted, 24, seed=303)
+    claim = SetClaim(id="alone", components=("mlp.3",), kind="necessity", threshold=0.1)
+    named = ("mlp.0", "mlp.1", "mlp.2", "mlp.3")
+    test = examine_claim(run, planted, claim, fresh, seed=4, n_resamples=500, named=named)
+    assert test.control_kind.endswith("outside every claim's components")
+    drawn = [run.store.cache.get(k).spec.components for k in test.evidence[2:]]
+    assert len(drawn) == 3 and all(len(c) == 1 and not set(c) & set(named) for c in drawn)
+    assert test.replication.low > 0.1 and test.beats_controls

@@ -302,6 +302,41 @@ def test_the_top_supported_claim_about_the_trigger_names_the_planted_component(t
     out = _ask_question(capsys, tmp_path / "ws", "Why does the trigger word produce its token?", "organism-planted")
     top = next(c for c in out["claims"] if c["verdict"] == "supported")
     assert top["components"][0] == truth["component"], out["claims"]
+    # a component the circuit search did not need but the model feels the loss of gets a claim
+    # of its own (on this organism: mlp.3, which noising finds and the 3-component circuit omits)
+    from memory.runstore import RunStore
+    from memory.workspace import Workspace
+    from tools.experiments import ActivationPatchingSpec, PromptPairs
+    from tools.experiments.registry import run_experiment
+    from tools.loading import load_model
+    from tools.tasks.declared import declared_tasks
+
+    circuit = next(c for c in out["claims"] if c["id"] == "circuit-faithful")["components"]
+    alone = [c for c in out["claims"] if c["id"].startswith("alone-")]
+    assert alone, out["claims"]
+    model = load_model("organism-planted")
+    for claim in alone:
+        (component,) = claim["components"]
+        assert component not in circuit
+        if claim["verdict"] == "supported":  # checked apart from the critic: noising on other prompts
+            items = declared_tasks(Path(model.source))["trigger"].generate(32, split="heldout", seed=77,
+                                                                            tokenizer=model.tokenizer)
+            prompts = PromptPairs(clean=[i.clean for i in items], corrupted=[i.corrupted for i in items],
+                                  answer=[i.answer for i in items], foil=[i.foil for i in items])
+            noised = run_experiment(model, ActivationPatchingSpec(prompts=prompts, sweeps=(), mode="noising",
+                                                                  component_sets=((component,),)))
+            assert 1 - noised.component_sets[0].effect >= 0.1
+    assert any(c["verdict"] == "supported" for c in alone), alone
+    # the critic's controls stay outside every component the run's claims name
+    named = {c for claim in out["claims"] for c in claim["components"]}
+    with Workspace.open(tmp_path / "ws") as ws:
+        store = RunStore(ws)
+        sets = [c for c in store.open(out["run_id"]).claims() if c.details.get("kind") in ("necessity", "faithfulness")]
+        assert len(sets) >= 4
+        for claim in sets:  # evidence: replication, second method, then the controls
+            assert claim.details["control_kind"].endswith("outside every claim's components"), claim.id
+            controls = [store.cache.get(key).spec.components for key in claim.evidence[2:]]
+            assert len(controls) == 3 and not any(set(c) & named for c in controls), (claim.id, controls)
 
 
 def test_memory_is_read_before_planning_and_written_after(finished, capsys):
@@ -334,3 +369,28 @@ def test_progress_is_shown_on_a_terminal_and_quiet_otherwise():
     text = shown.getvalue()
     assert "rank" in text and "experiments    4" in text and "budget left: 10 experiments" in text
     assert "leading: head.1.2 matters" in text and text.endswith("\n")
+
+
+def test_individual_claims_take_only_needed_components_the_circuit_and_top_claim_leave_out():
+    from agents.playbook import HeuristicBrain
+
+    last = {"rank": {"order": ["mlp.0", "mlp.2", "mlp.1", "head.3.3", "mlp.3"],
+                     "removes": {"mlp.0": 0.9, "mlp.2": 0.6, "mlp.3": 0.27, "head.3.1": 0.12, "head.1.0": 0.06,
+                                 "mlp.1": -0.25, "head.2.2": 0.5},
+                     "necessary": ["mlp.0", "mlp.2", "head.2.2", "mlp.3", "mlp.1", "head.3.1", "head.1.0"]},
+            "circuit": {"components": ["mlp.2", "mlp.1"]}}
+    claims = HeuristicBrain(max_individual=2)._individual_claims(last)
+    # mlp.0 is the top claim's, mlp.2 and mlp.1 the circuit's; head.1.0 removes too little
+    assert [c.claim.components for c in claims] == [("head.2.2",), ("mlp.3",)]
+    assert [c.claim.threshold for c in claims] == [0.25, 0.1]  # half the discovery share, never below 0.1
+    assert all(c.role == "individual" and c.claim.kind == "necessity" for c in claims)
+    assert [c.claim.components for c in HeuristicBrain()._individual_claims(last)][-1] == ("head.3.1",)
+
+
+def test_the_graph_not_the_brain_says_which_components_the_critics_controls_avoid():
+    from agents.graph import dispatched
+
+    claims = [{"claim": {"id": "a", "components": ["mlp.0", "head.1.2"]}}, {"claim": {"id": "r", "components": []}}]
+    job = {"step": "examine", "claim": {"id": "a"}, "seed": 1, "named": ["head.0.0"]}
+    assert dispatched(job, claims) == {**job, "named": ["head.1.2", "mlp.0"]}
+    assert dispatched({"step": "rank"}, claims) == {"step": "rank"}

@@ -40,6 +40,35 @@ def test_exact_and_attribution_rankings_agree_on_the_top_components(organism, ru
     assert set(estimate.order[:4]) <= set(exact.order[:6])
 
 
+def test_the_ranking_also_measures_what_each_component_removes_from_the_clean_run(organism, run):
+    """Noising shares, checked against other tools: a resample ablation of the component alone
+    at every position (the corrupted value in the clean run) and the behaviour experiment's
+    clean and corrupted logit differences."""
+    from tools.experiments import BehaviourExperimentSpec
+
+    exact = rank_components(run, organism, PROMPTS)
+    removes = dict(exact.removes)
+    assert set(removes) == set(exact.order) and len(exact.evidence) == 2
+    assert [abs(e) for _, e in exact.removes] == sorted((abs(e) for _, e in exact.removes), reverse=True)
+    behaviour = run.experiment(organism, BehaviourExperimentSpec(prompts=PROMPTS))
+    gap = behaviour.logit_diff - behaviour.corrupted_logit_diff
+    for component in [*exact.order[:3], exact.order[-1]]:
+        alone = run.experiment(organism, AblationSpec(prompts=PROMPTS, components=(component,), mode="ablate",
+                                                      method="resample"))
+        assert (alone.clean_logit_diff - alone.ablated_logit_diff) / gap == pytest.approx(removes[component], abs=1e-3)
+    assert exact.necessary and all(abs(removes[c]) >= 0.01 for c in exact.necessary)
+    assert set(exact.necessary) < set(exact.order)  # not everything is clear of zero
+    # the attribution ranking confirms its noising candidates by activation patching: the same shares
+    estimate = rank_components(run, organism, PROMPTS, exact_budget=0, confirm_top=6)
+    assert estimate.removes and len(estimate.evidence) == 4
+    assert estimate.necessary and set(estimate.necessary) <= set(exact.order)
+    for component in estimate.necessary:
+        assert abs(removes[component]) >= 0.01
+    # asked for one direction, it measures one
+    one = rank_components(run, organism, PROMPTS, noising=False)
+    assert one.removes == () and one.necessary == () and one.effects == exact.effects
+
+
 def test_the_grown_circuit_is_the_smallest_prefix_reaching_the_target(organism, run):
     heads = [c for c in rank_components(run, organism, PROMPTS, universe=("head",)).order]
     assert all(c.startswith("head.") for c in heads)

@@ -9,9 +9,10 @@ from agents.llm.fence import md_escape, untrusted_md
 if TYPE_CHECKING:
     from memory.records import Claim
 
-ROLE_ORDER = ("writers", "top", "readers", "routing", "circuit", "steering")
+ROLE_ORDER = ("writers", "top", "readers", "routing", "circuit", "individual", "steering")
 """How the answer is told: what writes the answer, what it depends on most, how the model tells
-the answer from the foil, where the information flows, the whole circuit, a causal direction."""
+the answer from the foil, where the information flows, the whole circuit, what else matters on
+its own, a causal direction."""
 
 
 def ordered(claims: Sequence["Claim"]) -> list["Claim"]:
@@ -76,6 +77,10 @@ def _clause(c: "Claim", tokens: dict[str, dict]) -> str:
                 f"when every other head and MLP is ablated [{c.id}].")
     if kind == "necessity" and role == "circuit":
         return f"Ablating the circuit's {len(c.components)} components removes {_measured(c)} [{c.id}]."
+    if kind == "necessity" and role == "individual":
+        return (f"{names} also {'matter' if plural else 'matters'} on {'their' if plural else 'its'} own, though "
+                f"the circuit search did not need {'them' if plural else 'it'}: ablating {'them' if plural else 'it'} "
+                f"alone removes {_measured(c)} [{c.id}].")
     if kind == "necessity" and role == "readers":
         return (f"{names} {'attend' if plural else 'attends'} from the final token to the tokens the corruption "
                 f"changes; ablating {'them' if plural else 'it'} there removes {_measured(c)} [{c.id}].")
