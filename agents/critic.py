@@ -193,20 +193,24 @@ def control_sets(pool: Sequence[str], claimed: set[str], k: int, *, seed: int,
     set, else drawn from the whole pool (a large circuit against random sets of its size that
     overlap it), never the claimed set itself."""
     size = len(claimed)
-    outside = claimed | set(avoid)
-    if set(avoid) - claimed and len(set(pool) - outside) >= size:
-        return random_component_sets(pool, size, k, exclude=sorted(outside & set(pool)), seed=seed)
+    if _avoids(pool, claimed, avoid):
+        return random_component_sets(pool, size, k, exclude=sorted((claimed | set(avoid)) & set(pool)), seed=seed)
     if len(set(pool) - claimed) >= size:
         return random_component_sets(pool, size, k, exclude=sorted(claimed), seed=seed)
     drawn = random_component_sets(pool, size, k + 1, seed=seed)
     return [s for s in drawn if set(s) != claimed][:k]
 
 
+def _avoids(pool: Sequence[str], claimed: set[str], avoid: Sequence[str] | frozenset[str]) -> bool:
+    """Whether `control_sets` draws outside ``avoid`` too: it names something beyond the claimed
+    set, and enough of the pool remains outside both."""
+    outside = claimed | set(avoid)
+    return bool(outside - claimed) and len(set(pool) - outside) >= len(claimed)
+
+
 def _outside(pool: Sequence[str], claimed: set[str], named: frozenset[str]) -> str:
     """How the controls were drawn, in words (`control_sets`' first case, or nothing)."""
-    if named - claimed and len(set(pool) - claimed - named) >= len(claimed):
-        return ", outside every claim's components"
-    return ""
+    return ", outside every claim's components" if _avoids(pool, claimed, named) else ""
 
 
 def _ablation_terms(result: AblationResult, kind: str) -> Terms:
