@@ -102,10 +102,19 @@ class SteerJob(_Job):
     position: int = -1
 
 
+def critic_seed(run_seed: int, claim_seed: int) -> int:
+    """The seed of the critic's random draws for one claim: ``run_seed * 1000 + claim_seed``.
+    Run seed 0 keeps the claim's own number (what the critic drew before run seeds reached it)."""
+    return run_seed * 1000 + claim_seed
+
+
 class ExamineJob(_Job):
     step: Literal["examine"] = "examine"
     claim: AnyClaim
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=1000)
+    """The claim's place in the run (the playbook numbers its claims 0, 1, ...). The critic's
+    random draws (controls, bootstrap) use `critic_seed` of it and the run's seed, so another
+    run seed draws other controls, and a claim's draws never repeat another's in the same run."""
     named: tuple[str, ...] = ()
     """The components the run's claims name, kept out of the critic's controls. The graph
     fills it from the run's claims when it dispatches the job, whatever a brain wrote."""
@@ -313,9 +322,10 @@ class Toolbox:
             direction=MeanDifferenceDirection(site=site, position=job.position))))
 
     def _do_examine(self, job: ExamineJob) -> dict[str, Any]:
-        test = examine_claim(_CountingRun(self), self.model, job.claim, self.fresh_prompts, seed=job.seed,
+        seed = critic_seed(self.behavior.seed, job.seed)
+        test = examine_claim(_CountingRun(self), self.model, job.claim, self.fresh_prompts, seed=seed,
                              named=job.named)
-        return {"test": test.model_dump(mode="json"), "seed": job.seed}
+        return {"test": test.model_dump(mode="json"), "seed": seed}
 
     def _do_experiment(self, job: ExperimentJob) -> dict[str, Any]:
         prompts = self.prompts if job.prompts == "discovery" else self.fresh_prompts

@@ -339,6 +339,34 @@ def test_the_top_supported_claim_about_the_trigger_names_the_planted_component(t
             assert len(controls) == 3 and not any(set(c) & named for c in controls), (claim.id, controls)
 
 
+def test_the_critic_draws_other_controls_for_another_run_seed(tmp_path, capsys):
+    """Seeds of one question are separate measurements: the critic's controls follow the run's seed."""
+    from agents.critic import control_sets
+    from memory.runstore import RunStore
+    from memory.workspace import Workspace
+
+    assert sleuth(["ask", "Why does the trigger word produce its token?", "--model", "organism-planted",
+                   "--n", "32", "--seed", "3", "--workspace", str(tmp_path / "ws"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    named = frozenset(c for claim in out["claims"] for c in claim["components"])
+    pool = [f"head.{layer}.{h}" for layer in range(4) for h in range(4)] + [f"mlp.{layer}" for layer in range(4)]
+    with Workspace.open(tmp_path / "ws") as ws:
+        store = RunStore(ws)
+        claims = store.open(out["run_id"]).claims()
+        seeds = [c.details["seed"] for c in claims]
+        assert len(set(seeds)) == len(seeds) and all(3000 <= s < 4000 for s in seeds), seeds
+        moved = 0
+        for claim in claims:
+            if claim.details["kind"] != "necessity":
+                continue
+            stored = [list(store.cache.get(key).spec.components) for key in claim.evidence[2:]]
+            drawn = control_sets(pool, set(claim.components), 3, seed=claim.details["seed"], avoid=named)
+            assert sorted(map(sorted, stored)) == sorted(map(sorted, drawn)), claim.id
+            seed_zero = control_sets(pool, set(claim.components), 3, seed=claim.details["seed"] - 3000, avoid=named)
+            moved += sorted(map(sorted, seed_zero)) != sorted(map(sorted, drawn))
+        assert moved, "every control set is the one run seed 0 draws"
+
+
 def test_memory_is_read_before_planning_and_written_after(finished, capsys):
     """A second question about the same model and behaviour finds the first run's findings."""
     out, workspace = finished
