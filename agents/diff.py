@@ -264,11 +264,13 @@ def _cross(run: "Run", base: "LoadedModel", source: "LoadedModel", spec):
     counted in ``run.json`` too (the cache counts only the base model's)."""
     from tools.experiments import run_cross_model_patching
 
-    before = source.forwards.calls
+    calls, rows = source.forwards.calls, source.forwards.rows
     result = run.experiment(base, spec, runner=lambda m, s: run_cross_model_patching(m, source, s))
-    extra = source.forwards.calls - before
+    extra = source.forwards.calls - calls
     if extra:
-        run.update(cost={"forward_passes": run.record.cost.forward_passes + extra})
+        cost = run.record.cost
+        run.update(cost={"forward_passes": cost.forward_passes + extra,
+                         "forward_rows": cost.forward_rows + source.forwards.rows - rows})
     return result
 
 

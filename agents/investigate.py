@@ -250,6 +250,8 @@ def summary(run) -> dict[str, Any]:
                         "effect": c.effect, "ci": [c.ci_low, c.ci_high], "n": c.n} for c in ordered(run.claims())],
             "report": {"md": str(report) if report.exists() else None, "html": str(html) if html.exists() else None},
             "cost": {"experiments": r.cost.experiments, "forward_passes": r.cost.forward_passes,
+                     "forward_rows": r.cost.forward_rows,
+                     "by_step": {step: c.model_dump() for step, c in r.cost.by_step.items()},
                      "wall_s": round(r.cost.wall_s, 2), "tokens": r.cost.tokens_in + r.cost.tokens_out,
                      "dollars": r.cost.dollars}}
     if r.error:

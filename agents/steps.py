@@ -39,6 +39,7 @@ from agents.localize import grow_circuit, rank_components
 from agents.positions import label_position, position_tokens, scope_positions
 from agents.readouts import STEER_ALPHAS, read_confirm, read_lens, read_paths, read_roles, read_steer
 from agents.progress import Progress
+from memory.records import StepCost
 from tools.errors import UserInputError
 from tools.experiments import (
     ActivationPatchingSpec,
@@ -274,7 +275,15 @@ class Toolbox:
     def do(self, job: dict[str, Any] | BaseModel) -> dict[str, Any]:
         """Execute one job (validated against the vocabulary) and return its outcome."""
         parsed = JOB.validate_python(job.model_dump() if isinstance(job, BaseModel) else job)
+        before = self.run.record.cost
         outcome = getattr(self, f"_do_{parsed.step}")(parsed)
+        after = self.run.record.cost
+        step = after.by_step.get(parsed.step) or StepCost()
+        by_step = {**after.by_step, parsed.step: StepCost(
+            jobs=step.jobs + 1, experiments=step.experiments + after.experiments - before.experiments,
+            forward_passes=step.forward_passes + after.forward_passes - before.forward_passes,
+            forward_rows=step.forward_rows + after.forward_rows - before.forward_rows)}
+        self.run.update(cost={"by_step": by_step})
         return {"step": parsed.step, **outcome}
 
     def _do_confirm(self, job: ConfirmJob) -> dict[str, Any]:

@@ -112,6 +112,9 @@ class RunScore(_Model):
     forward_row_ratio: float | None
     """forward_rows / the exhaustive baseline's: the same comparison in sequences forwarded,
     which does not depend on how many sequences each experiment batches into one call."""
+    rows_by_step: dict[str, int] = {}
+    """The investigation's forward rows per step of its vocabulary (``run.json``'s
+    ``cost.by_step``); what no step ran (intake) is the rest of ``forward_rows``."""
     baselines: dict[str, BaselineScore]
 
 
@@ -139,6 +142,8 @@ class QuestionScore(_Model):
     planted_first: float | None
     """Share of the runs whose first supported claim names a planted component first (None:
     the key plants nothing)."""
+    rows_by_step: dict[str, float] = {}
+    """Mean forward rows per step over the runs."""
     baselines: dict[str, dict[str, Any]]
     runs: tuple[RunScore, ...]
 
@@ -233,6 +238,7 @@ def score_run(q: BenchmarkQuestion, seed: int, model: "LoadedModel", key_prompts
         tokens=out["cost"]["tokens"],
         forward_pass_ratio=_ratio(cost.forward_passes, exhaustive.forward_passes) if exhaustive else None,
         forward_row_ratio=_ratio(cost.forward_rows, exhaustive.forward_rows) if exhaustive else None,
+        rows_by_step={step: c.forward_rows for step, c in run.record.cost.by_step.items()} if run else {},
         baselines=baselines)
 
 
@@ -332,7 +338,10 @@ def summarise_question(q: BenchmarkQuestion, runs: Sequence[RunScore]) -> Questi
         forward_rows=mean(r.forward_rows for r in runs), forward_pass_ratio=mean(r.forward_pass_ratio for r in runs),
         forward_row_ratio=mean(r.forward_row_ratio for r in runs),
         edge_recall=mean(r.edge_recall for r in runs), edge_precision=mean(r.edge_precision for r in runs),
-        planted_first=sum(planted) / len(planted) if planted else None, baselines=baselines, runs=tuple(runs))
+        planted_first=sum(planted) / len(planted) if planted else None,
+        rows_by_step={step: mean(r.rows_by_step.get(step, 0) for r in runs)
+                      for step in dict.fromkeys(s for r in runs for s in r.rows_by_step)},
+        baselines=baselines, runs=tuple(runs))
 
 
 def summarise(questions: Sequence[QuestionScore]) -> dict[str, Any]:
@@ -365,7 +374,23 @@ def summarise(questions: Sequence[QuestionScore]) -> dict[str, Any]:
                                 "target": f"every seed of a planted question asked with >= {PLANTED_SEEDS} seeds",
                                 "met": len(seeded) >= PLANTED_SEEDS and all(seeded)}
     out["targets"] = targets
+    out["rows_by_step"] = rows_by_step(questions)
     return out
+
+
+def rows_by_step(questions: Sequence[QuestionScore]) -> dict[str, float]:
+    """Where the agent's forward rows go: each step's share of a question's rows, averaged over
+    questions (``other``: rows no step ran, such as intake's), largest first."""
+    shares: list[dict[str, float]] = []
+    for q in questions:
+        if not q.forward_rows:
+            continue
+        share = {step: rows / q.forward_rows for step, rows in q.rows_by_step.items()}
+        share["other"] = max(0.0, 1 - sum(share.values()))
+        shares.append(share)
+    steps = dict.fromkeys(step for share in shares for step in share)
+    out = {step: round(sum(share.get(step, 0.0) for share in shares) / len(shares), 4) for step in steps}
+    return dict(sorted(out.items(), key=lambda item: -item[1]))
 
 
 def summarise_baselines(questions: Sequence[QuestionScore]) -> dict[str, dict[str, Any]]:
@@ -397,6 +422,9 @@ def format_scoreboard(board: Scoreboard) -> str:
     for name, b in board.baselines.items():
         lines.append(f"{name:<26}{_fmt(b['recall']):>8}{_fmt(b['precision']):>7}{_fmt(b['faithfulness']):>10}"
                      f"{b['forward_passes'] or 0:>9.1f}{b['forward_rows'] or 0:>9.0f}{b['wall_s'] or 0:>8.1f}")
+    if s.get("rows_by_step"):
+        lines += ["", "agent's forward rows by step (mean share): "
+                  + ", ".join(f"{step} {share:.2f}" for step, share in s["rows_by_step"].items())]
     p = s["planted_first"]
     lines += ["", f"planted component first: {p['seeded_first']}/{p['seeded_runs']} seeds of the seeded planted "
               f"question(s); {p['first']}/{p['runs']} runs on planted keys in all", "", "targets:"]

@@ -15,6 +15,17 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+class StepCost(BaseModel):
+    """What the jobs of one step (``rank``, ``examine``, ...) spent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: int = 0
+    experiments: int = 0
+    forward_passes: int = 0
+    forward_rows: int = 0
+
+
 class Cost(BaseModel):
     """What a run spent. Experiments count every result it used; hits were served by the cache."""
 
@@ -24,6 +35,12 @@ class Cost(BaseModel):
     cache_hits: int = 0
     cache_misses: int = 0
     forward_passes: int = 0
+    """Batched forward calls of the experiments run (cache hits cost none)."""
+    forward_rows: int = 0
+    """Sequences those calls forwarded, summed."""
+    by_step: dict[str, StepCost] = Field(default_factory=dict)
+    """The same tallies for each step of the investigation's vocabulary (what is not in a step,
+    such as intake, is the difference from the totals)."""
     wall_s: float = 0.0
     llm_calls: int = 0
     tokens_in: int = 0

@@ -120,18 +120,20 @@ class Run:
         key = spec.cache_key(model.weights_hash)
         result = self.store.cache.get(key)
         hit = result is not None
-        forwards = 0
+        forwards = rows = 0
         if result is None:
             if runner is None:
                 from tools.experiments.registry import run_experiment as runner
             counter = getattr(model, "forwards", None)
-            before = counter.calls if counter is not None else 0
+            before = (counter.calls, counter.rows) if counter is not None else (0, 0)
             result = runner(model, spec)
-            forwards = counter.calls - before if counter is not None else 0
+            if counter is not None:
+                forwards, rows = counter.calls - before[0], counter.rows - before[1]
             self.store.cache.put(result)
         self._link(result.key)
         cost = self.record.cost
         self.update(cost={"experiments": cost.experiments + 1, "forward_passes": cost.forward_passes + forwards,
+                          "forward_rows": cost.forward_rows + rows,
                           "cache_hits": cost.cache_hits + hit, "cache_misses": cost.cache_misses + (not hit)})
         return result
 

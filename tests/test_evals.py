@@ -138,6 +138,13 @@ questions:
     # the forward-pass counter the harness reads agrees with the run's own count
     (record,) = _runs(tmp_path / "ev")
     assert run["forward_passes"] == record["cost"]["forward_passes"] > 0 and run["status"] == "answered"
+    # ... in sequences too, and the per-step tally accounts for every one of them
+    assert run["forward_rows"] == record["cost"]["forward_rows"] == sum(run["rows_by_step"].values())
+    assert run["rows_by_step"] == {s: c["forward_rows"] for s, c in record["cost"]["by_step"].items()}
+    assert record["cost"]["by_step"]["examine"]["jobs"] >= len(run["claims"]) > 0
+    assert sum(c["forward_passes"] for c in record["cost"]["by_step"].values()) == run["forward_passes"]
+    shares = board["summary"]["rows_by_step"]
+    assert sum(shares.values()) == pytest.approx(1, abs=1e-3) and shares["examine"] > 0
     supported = [c for c in run["claims"] if c["verdict"] == "supported"]
     assert run["reported"] == list(dict.fromkeys(x for c in supported for x in c["components"]))
     assert run["planted_first"] == (supported[0]["components"][:1] == ["mlp.2"])
