@@ -339,6 +339,18 @@ def test_the_top_supported_claim_about_the_trigger_names_the_planted_component(t
             assert len(controls) == 3 and not any(set(c) & named for c in controls), (claim.id, controls)
 
 
+def test_the_report_says_what_each_step_cost_and_the_steps_add_up_to_the_run(finished):
+    out, _ = finished
+    cost = out["cost"]
+    assert {"rank", "circuit", "examine"} <= set(cost["by_step"])
+    for field in ("experiments", "forward_passes", "forward_rows"):
+        assert sum(c[field] for c in cost["by_step"].values()) == cost[field] > 0, field
+    report = Path(out["report"]["md"]).read_text()
+    assert f"forward passes ({cost['forward_rows']} sequences)" in report
+    for step, c in cost["by_step"].items():
+        assert f"| {step} | {c['jobs']} | {c['experiments']} | {c['forward_passes']} | {c['forward_rows']} |" in report
+
+
 def test_the_critic_draws_other_controls_for_another_run_seed(tmp_path, capsys):
     """Seeds of one question are separate measurements: the critic's controls follow the run's seed."""
     from agents.critic import control_sets
