@@ -279,11 +279,7 @@ class Toolbox:
         outcome = getattr(self, f"_do_{parsed.step}")(parsed)
         after = self.run.record.cost
         step = after.by_step.get(parsed.step) or StepCost()
-        by_step = {**after.by_step, parsed.step: StepCost(
-            jobs=step.jobs + 1, experiments=step.experiments + after.experiments - before.experiments,
-            forward_passes=step.forward_passes + after.forward_passes - before.forward_passes,
-            forward_rows=step.forward_rows + after.forward_rows - before.forward_rows)}
-        self.run.update(cost={"by_step": by_step})
+        self.run.update(cost={"by_step": {**after.by_step, parsed.step: step.plus_job(before, after)}})
         return {"step": parsed.step, **outcome}
 
     def _do_confirm(self, job: ConfirmJob) -> dict[str, Any]:

@@ -25,6 +25,12 @@ class StepCost(BaseModel):
     forward_passes: int = 0
     forward_rows: int = 0
 
+    def plus_job(self, before: "Cost", after: "Cost") -> "StepCost":
+        """This tally with one more job, which took the run's cost from ``before`` to ``after``."""
+        spent = {f: getattr(self, f) + getattr(after, f) - getattr(before, f)
+                 for f in ("experiments", "forward_passes", "forward_rows")}
+        return StepCost(jobs=self.jobs + 1, **spent)
+
 
 class Cost(BaseModel):
     """What a run spent. Experiments count every result it used; hits were served by the cache."""
