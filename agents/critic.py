@@ -34,7 +34,10 @@ Verdict (`verdict_for`): **supported** when both methods put their whole CI abov
 threshold, every control is beaten, and the Holm-adjusted p-value is below alpha; **refuted**
 when the replication CI lies wholly below the threshold; **inconclusive** otherwise (the
 report shows every number). Every experiment goes through ``run.experiment`` (the workspace's
-cache), so re-testing a claim after a crash pays nothing twice.
+cache), so re-testing a claim after a crash pays nothing twice. Within an investigation the
+ablations of all claims share the clean run of the fresh prompts, their corrupted run or means,
+and the everything-ablated baseline (`tools.experiments.memo`): a set claim's five ablations
+then forward the claimed set and the controls, not five copies of the same three runs.
 """
 
 from __future__ import annotations

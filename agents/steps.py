@@ -53,6 +53,7 @@ from tools.experiments import (
     SteeringSpec,
     parse_spec,
 )
+from tools.experiments.memo import BaselineMemo, sharing_runs
 from tools.experiments.steering import MeanDifferenceDirection
 
 if TYPE_CHECKING:
@@ -162,6 +163,8 @@ class Toolbox:
     memory: "VectorMemory | None" = None
     """The vector memory the planner reads before planning and the critic writes verdicts to."""
     progress: "Progress" = field(default_factory=lambda: Progress(enabled=False))
+    shared_runs: BaselineMemo = field(default_factory=BaselineMemo)
+    """Clean, source and everything-ablated runs the steps' ablations share (`tools.experiments.memo`)."""
 
     # -- prompts -------------------------------------------------------------------------------
     @cached_property
@@ -276,7 +279,8 @@ class Toolbox:
         """Execute one job (validated against the vocabulary) and return its outcome."""
         parsed = JOB.validate_python(job.model_dump() if isinstance(job, BaseModel) else job)
         before = self.run.record.cost
-        outcome = getattr(self, f"_do_{parsed.step}")(parsed)
+        with sharing_runs(self.shared_runs):
+            outcome = getattr(self, f"_do_{parsed.step}")(parsed)
         after = self.run.record.cost
         step = after.by_step.get(parsed.step) or StepCost()
         self.run.update(cost={"by_step": {**after.by_step, parsed.step: step.plus_job(before, after)}})

@@ -61,6 +61,34 @@ def test_re_examining_a_claim_pays_nothing_twice(planted, run):
     assert again == first
 
 
+def test_claims_share_their_clean_source_and_baseline_runs_and_score_the_same(planted, tmp_path):
+    """The critic's ablations under one shared memo (as in an investigation): the same tests,
+    and the claimed set and its controls are the only rows forwarded more than once."""
+    from tools.experiments.memo import BaselineMemo, sharing_runs
+
+    fresh = _trigger_prompts(planted, 16, seed=303)
+    claims = [SetClaim(id="c1", components=("mlp.2",), kind="necessity", threshold=0.5),
+              SetClaim(id="c2", components=("mlp.0", "mlp.2"), kind="faithfulness", threshold=0.5)]
+
+    def examine_all(folder: str) -> tuple[list, int]:
+        with Workspace.open(tmp_path / folder, writer=True) as ws:
+            fresh_run = RunStore(ws).create("why does the trigger produce banana?", "organism-planted")
+            rows = planted.forwards.rows
+            tests = [examine_claim(fresh_run, planted, c, fresh, seed=5, n_resamples=200) for c in claims]
+            return tests, planted.forwards.rows - rows
+
+    alone, rows_alone = examine_all("alone")
+    with sharing_runs(BaselineMemo()):
+        shared, rows_shared = examine_all("shared")
+    assert shared == alone
+    # alone: 10 ablations, each a clean run, a source (corrupted run or means over it) and the
+    # baseline besides the set. Shared: one clean and one corrupted run (the means are taken
+    # over it), one everything-ablated baseline per method (both claims' modes share it), then
+    # one pass per set
+    assert rows_alone == 10 * 4 * 16
+    assert rows_shared == (1 + 1 + 2 + 10) * 16
+
+
 def test_claims_that_cannot_be_examined_say_why(planted, run):
     fresh = _trigger_prompts(planted, 4, seed=303)
     with pytest.raises(UserInputError, match="names no components"):

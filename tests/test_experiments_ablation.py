@@ -348,3 +348,62 @@ def test_model_dependent_mistakes_raise_before_any_forward(no_forward, changes: 
 def test_the_forward_guard_is_real(no_forward) -> None:
     with pytest.raises(AssertionError, match="forward pass"):
         run_ablation(no_forward, AblationSpec(prompts=word_pairs(), components=("head.0.1",)))
+
+
+# -- runs shared between ablations ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,mode,positions", [("resample", "ablate", None), ("mean", "keep", (-2, -1)),
+                                                   ("zero", "ablate", (-1,))])
+def test_shared_runs_change_no_number_and_save_the_repeated_forwards(family, method, mode, positions) -> None:
+    """The critic's pattern — a claimed set, then other sets of the same prompts — scored with
+    the clean, source and baseline runs shared gives bit-identical results for fewer rows."""
+    from tools.experiments.memo import BaselineMemo, sharing_runs
+
+    _, model = family
+    pairs = word_pairs(n=4, length=[5, 6, 5, 6], seed=13)
+    sets = [("head.0.1", "mlp.1"), ("head.1.2", "head.0.3"), ("mlp.0", "head.1.0"), ("attn.1",), ()]
+
+    def score_all() -> tuple[list[AblationResult], int]:
+        rows = model.forwards.rows
+        out = [run_ablation(model, AblationSpec(prompts=pairs, components=s, method=method, mode=mode,
+                                                positions=positions)) for s in sets]
+        return out, model.forwards.rows - rows
+
+    alone, rows_alone = score_all()
+    memo = BaselineMemo()
+    with sharing_runs(memo):
+        together, rows_shared = score_all()
+    again, rows_after = score_all()  # the memo is off again outside the block
+    assert rows_after == rows_alone
+    for a, b, c in zip(alone, together, again):
+        for name in ("clean_logit_diff", "ablated_logit_diff", "everything_ablated_logit_diff"):
+            assert torch.equal(a.tensors[name], b.tensors[name]) and torch.equal(a.tensors[name], c.tensors[name])
+        assert (a.necessity, a.faithfulness) == (b.necessity, b.faithfulness)
+    # unshared, each ablation runs clean, source (not for zero) and baseline again; shared, once.
+    # The set itself runs unless it is empty (ablating nothing / keeping everything ablated)
+    per_source = 0 if method == "zero" else 4
+    n_runs = sum(1 for s in sets if s)
+    assert rows_alone == len(sets) * (4 + per_source + 4) + n_runs * 4
+    assert rows_shared == 4 + per_source + 4 + n_runs * 4
+    assert memo.hits == 2 * (len(sets) - 1) + (len(sets) - 1) * (method != "zero")
+
+
+def test_a_memo_keeps_within_its_budget_and_drops_the_oldest_first() -> None:
+    from tools.experiments.memo import BaselineMemo
+
+    memo = BaselineMemo(max_bytes=100)
+    calls = []
+
+    def make(n):
+        calls.append(n)
+        return torch.zeros(n, dtype=torch.uint8)
+
+    memo.get("a", lambda: make(40)), memo.get("b", lambda: make(40))
+    memo.get("a", lambda: make(40))  # a is now the most recently used
+    memo.get("c", lambda: make(40))  # 120 bytes: b goes
+    memo.get("big", lambda: make(200))  # larger than the budget: computed, never kept
+    assert calls == [40, 40, 40, 200] and memo.bytes == 80 and len(memo) == 2
+    memo.get("a", lambda: make(40)), memo.get("c", lambda: make(40))
+    memo.get("b", lambda: make(40))
+    assert calls == [40, 40, 40, 200, 40] and memo.hits == 3

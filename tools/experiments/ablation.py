@@ -60,9 +60,12 @@ necessity 0 and ablating everything 1. When the clean and all-ablated metrics ar
 ablation (of the set, of its complement and of the baseline) to those positions.
 
 Everything runs through `tools.experiments.patching.run_patched_variants`: an ablation is a
-patch whose *source* is the zeros / means / corrupted values, so the ablated run and the
-baseline share one batched forward pass, and blocks before the first ablated layer are not
-recomputed.
+patch whose *source* is the zeros / means / corrupted values, and blocks before the first
+ablated layer are not recomputed. The clean run, the source (corrupted run or reference
+means) and the everything-ablated baseline depend on the prompts, the method, the positions
+and the universe but not on the set, so under `tools.experiments.memo.sharing_runs` they are
+computed once and read back by the next ablation of the same prompts; the ablated set always
+runs in a forward pass of its own, so a score does not depend on what ran before it.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ from tools.experiments.patching import (
     run_patched_variants,
     site_key,
 )
+from tools.experiments.memo import fingerprint, model_key, shared
 from tools.experiments.prompts import PromptBatch, PromptPairs, resolve_prompts, tokenize_prompts
 from tools.experiments.provenance import provenance_for
 from tools.experiments.readout import chunks, unembed_rows
@@ -231,16 +235,21 @@ def run_ablation(
             _check_from_end(spec, field, reference_lengths)
     # -- no forward pass before this line ------------------------------------------------
     keys = {site_key(c) for c in universe}
+    source_key: tuple = (spec.method,)
     if spec.method == "mean":
-        mean_source = _means(model, reference_ids, reference_lengths, keys, mean_over=mean_over,
-                             depth=-min(spec.positions or (0,)), batch_size=batch_size)
+        depth = -min(spec.positions or (0,))
+        source_key = ("means", model_key(model), fingerprint(reference_ids), fingerprint(reference_lengths),
+                      tuple(sorted(keys)), mean_over, depth)
+        mean_source = shared(source_key, lambda: _means(
+            model, reference_ids, reference_lengths, keys, mean_over=mean_over, depth=depth,
+            batch_size=batch_size))
     variant = tuple(Patch(c, positions) for c in ablated)
     everything = tuple(Patch(c, positions) for c in universe)
     clean, mode_ld, base_ld = [], [], []
     per_chunk = max(1, min(prompts.size, batch_size))
     for start, stop in chunks(prompts.size, per_chunk):
         c, a, b = _run_chunk(model, spec, prompts.rows(start, stop), keys, variant, everything,
-                             mean_source, mean_over, batch_size)
+                             mean_source, mean_over, batch_size, source_key)
         clean.append(c)
         mode_ld.append(a)
         base_ld.append(b)
@@ -386,14 +395,18 @@ def _means(
 def _run_chunk(
     model: "LoadedModel", spec: AblationSpec, prompts: PromptBatch, keys: set[SiteKey],
     variant: Variant, everything: Variant, mean_source: dict[SiteKey, torch.Tensor] | None,
-    mean_over: MeanOver | None, batch_size: int,
+    mean_over: MeanOver | None, batch_size: int, source_key: tuple,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clean, spec-ablated and everything-ablated logit differences ``[batch]``."""
+    """Clean, spec-ablated and everything-ablated logit differences ``[batch]``.
+
+    The clean run, the corrupted run (resample) and the everything-ablated baseline go
+    through `shared`; the spec's own variant always runs alone, so its numbers are the same
+    whether or not those came from the memo."""
     readout = prompts.readout_ids
     n_layers = model.adapter.n_layers
     base_keys = {("resid_post", layer) for layer in range(n_layers - 1)}
-    clean_cache, clean_final = cache_run(model, prompts.clean, prompts.last, base_keys | keys)
-    clean = _logit_diff(unembed_rows(model, clean_final, readout))
+    clean_cache, final = cache_run(model, prompts.clean, prompts.last, base_keys | keys)
+    clean = _logit_diff(unembed_rows(model, final, readout))
     batch, width = prompts.clean.shape
     if spec.method == "zero":
         source = {key: torch.zeros_like(clean_cache[key]) for key in keys}
@@ -404,17 +417,22 @@ def _run_chunk(
     elif spec.method == "mean":
         source = {key: mean.expand(batch, *mean.shape) for key, mean in mean_source.items()}
     else:
+        source_key = ("corrupted", fingerprint(prompts.corrupted))
         source, _ = cache_run(model, prompts.corrupted, prompts.last, keys)
-    # identical variants run once, so "keep nothing" is exactly the baseline
-    variants = [v for v in (variant, everything) if v] if variant != everything else [everything]
-    logits = run_patched_variants(
-        model, prompts.clean, prompts.lengths, source, variants, token_ids=readout,
-        base_resid_post={l: clean_cache[("resid_post", l)] for l in range(n_layers - 1)},
-        batch_size=batch_size,
-    )
-    diffs = _logit_diff(logits)
-    base = diffs[-1] if everything else clean
-    ablated = clean if not variant else diffs[0]
+    base_resid_post = {l: clean_cache[("resid_post", l)] for l in range(n_layers - 1)}
+
+    def run(v: Variant) -> torch.Tensor:
+        logits = run_patched_variants(model, prompts.clean, prompts.lengths, source, [v], token_ids=readout,
+                                      base_resid_post=base_resid_post, batch_size=batch_size)
+        return _logit_diff(logits)[0]
+
+    base = clean
+    if everything:
+        key = ("everything", model_key(model), fingerprint(prompts.clean), fingerprint(prompts.lengths),
+               fingerprint(readout), source_key, everything[0].positions, tuple(sorted(keys)))
+        base = shared(key, lambda: run(everything))
+    # ablating nothing is the clean run, ablating everything the baseline: neither runs again
+    ablated = clean if not variant else base if variant == everything else run(variant)
     return clean, ablated, base
 
 

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from tools.components import Component
+from tools.experiments.memo import fingerprint, model_key, shared
 from tools.experiments.readout import chunks, gather_rows, read_final_hidden, unembed_rows
 
 if TYPE_CHECKING:
@@ -123,8 +124,18 @@ def cache_run(
     model: "LoadedModel", ids: torch.Tensor, last: torch.Tensor, keys: Iterable[SiteKey]
 ) -> tuple[dict[SiteKey, torch.Tensor], torch.Tensor]:
     """One unpatched forward: the values at ``keys`` (full ``[batch, pos, ...]``) and the
-    final hidden state at ``last`` (``[batch, d_model]``, for `unembed_rows`)."""
-    ordered = sorted(set(keys), key=forward_order)
+    final hidden state at ``last`` (``[batch, d_model]``, for `unembed_rows`).
+
+    Under `tools.experiments.memo.sharing_runs` a run of the same ids, positions and keys
+    is read back instead of run again (callers never write into what it returns)."""
+    ordered = tuple(sorted(set(keys), key=forward_order))
+    key = ("cache_run", model_key(model), fingerprint(ids), fingerprint(last), ordered)
+    return shared(key, lambda: _cache_run(model, ids, last, ordered))
+
+
+def _cache_run(
+    model: "LoadedModel", ids: torch.Tensor, last: torch.Tensor, ordered: Sequence[SiteKey]
+) -> tuple[dict[SiteKey, torch.Tensor], torch.Tensor]:
     cache: dict[SiteKey, torch.Tensor] = {}
     with model.trace(ids):
         for key in ordered:
