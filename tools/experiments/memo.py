@@ -21,6 +21,7 @@ experiment cache (whole results, keyed by spec) is another thing.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -40,9 +41,14 @@ class BaselineMemo:
         self.misses = 0
         self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.RLock()  # re-entrant: a computed value may read another one
 
     def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """The value stored under ``key``, else ``compute()`` (stored when it fits the budget)."""
+        with self._lock:
+            return self._get(key, compute)
+
+    def _get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         if key in self._items:
             self._items.move_to_end(key)
             self.hits += 1
@@ -66,8 +72,9 @@ class BaselineMemo:
         return len(self._items)
 
     def clear(self) -> None:
-        self._items.clear()
-        self._bytes = 0
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
 
 
 _ACTIVE: ContextVar[BaselineMemo | None] = ContextVar("circuitsleuth_shared_runs", default=None)
