@@ -264,13 +264,12 @@ def _cross(run: "Run", base: "LoadedModel", source: "LoadedModel", spec):
     counted in ``run.json`` too (the cache counts only the base model's)."""
     from tools.experiments import run_cross_model_patching
 
-    calls, rows = source.forwards.calls, source.forwards.rows
+    mark = source.forwards.mark()
     result = run.experiment(base, spec, runner=lambda m, s: run_cross_model_patching(m, source, s))
-    extra = source.forwards.calls - calls
+    extra, rows = source.forwards.since(mark)
     if extra:
         cost = run.record.cost
-        run.update(cost={"forward_passes": cost.forward_passes + extra,
-                         "forward_rows": cost.forward_rows + source.forwards.rows - rows})
+        run.update(cost={"forward_passes": cost.forward_passes + extra, "forward_rows": cost.forward_rows + rows})
     return result
 
 

@@ -61,12 +61,11 @@ class Cost(BaseModel):
 def counting(model: "LoadedModel") -> Iterator[Cost]:
     """``with counting(model) as cost:`` — the model's forward passes and the wall time inside."""
     cost = Cost()
-    calls, rows, start = model.forwards.calls, model.forwards.rows, time.monotonic()
+    mark, start = model.forwards.mark(), time.monotonic()
     try:
         yield cost
     finally:
-        cost.forward_passes = model.forwards.calls - calls
-        cost.forward_rows = model.forwards.rows - rows
+        cost.forward_passes, cost.forward_rows = model.forwards.since(mark)
         cost.wall_s = time.monotonic() - start
 
 

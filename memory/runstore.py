@@ -125,10 +125,10 @@ class Run:
             if runner is None:
                 from tools.experiments.registry import run_experiment as runner
             counter = getattr(model, "forwards", None)
-            before = (counter.calls, counter.rows) if counter is not None else (0, 0)
+            mark = counter.mark() if counter is not None else None
             result = runner(model, spec)
             if counter is not None:
-                forwards, rows = counter.calls - before[0], counter.rows - before[1]
+                forwards, rows = counter.since(mark)
             self.store.cache.put(result)
         self._link(result.key)
         cost = self.record.cost

@@ -125,6 +125,14 @@ class ForwardCounter:
         self.calls = 0
         self.rows = 0
 
+    def mark(self) -> tuple[int, int]:
+        """``(calls, rows)`` now, for `since`."""
+        return self.calls, self.rows
+
+    def since(self, mark: tuple[int, int]) -> tuple[int, int]:
+        """``(calls, rows)`` forwarded since ``mark`` (from `mark`)."""
+        return self.calls - mark[0], self.rows - mark[1]
+
     def attach(self, module: torch.nn.Module) -> None:
         def count(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
             ids = kwargs.get("input_ids")
