@@ -53,7 +53,7 @@ from tools.experiments import (
     SteeringSpec,
     parse_spec,
 )
-from tools.experiments.memo import BaselineMemo, sharing_runs
+from tools.experiments.memo import SharedRuns, sharing_runs
 from tools.experiments.steering import MeanDifferenceDirection
 
 if TYPE_CHECKING:
@@ -163,8 +163,9 @@ class Toolbox:
     memory: "VectorMemory | None" = None
     """The vector memory the planner reads before planning and the critic writes verdicts to."""
     progress: "Progress" = field(default_factory=lambda: Progress(enabled=False))
-    shared_runs: BaselineMemo = field(default_factory=BaselineMemo)
-    """Clean, source and everything-ablated runs the steps' ablations share (`tools.experiments.memo`)."""
+    shared_runs: SharedRuns = field(default_factory=SharedRuns)
+    """Unpatched runs, mean-ablation references and everything-ablated baselines the steps'
+    experiments share (`tools.experiments.memo`)."""
 
     # -- prompts -------------------------------------------------------------------------------
     @cached_property

@@ -64,7 +64,7 @@ def test_re_examining_a_claim_pays_nothing_twice(planted, run):
 def test_claims_share_their_clean_source_and_baseline_runs_and_score_the_same(planted, tmp_path):
     """The critic's ablations under one shared memo (as in an investigation): the same tests,
     and the claimed set and its controls are the only rows forwarded more than once."""
-    from tools.experiments.memo import BaselineMemo, sharing_runs
+    from tools.experiments.memo import SharedRuns, sharing_runs
 
     fresh = _trigger_prompts(planted, 16, seed=303)
     claims = [SetClaim(id="c1", components=("mlp.2",), kind="necessity", threshold=0.5),
@@ -78,7 +78,7 @@ def test_claims_share_their_clean_source_and_baseline_runs_and_score_the_same(pl
             return tests, planted.forwards.rows - rows
 
     alone, rows_alone = examine_all("alone")
-    with sharing_runs(BaselineMemo()):
+    with sharing_runs(SharedRuns()):
         shared, rows_shared = examine_all("shared")
     assert shared == alone
     # alone: 10 ablations, each a clean run, a source (corrupted run or means over it) and the

@@ -358,7 +358,7 @@ def test_the_forward_guard_is_real(no_forward) -> None:
 def test_shared_runs_change_no_number_and_save_the_repeated_forwards(family, method, mode, positions) -> None:
     """The critic's pattern — a claimed set, then other sets of the same prompts — scored with
     the clean, source and baseline runs shared gives bit-identical results for fewer rows."""
-    from tools.experiments.memo import BaselineMemo, sharing_runs
+    from tools.experiments.memo import SharedRuns, sharing_runs
 
     _, model = family
     pairs = word_pairs(n=4, length=[5, 6, 5, 6], seed=13)
@@ -371,7 +371,7 @@ def test_shared_runs_change_no_number_and_save_the_repeated_forwards(family, met
         return out, model.forwards.rows - rows
 
     alone, rows_alone = score_all()
-    memo = BaselineMemo()
+    memo = SharedRuns()
     with sharing_runs(memo):
         together, rows_shared = score_all()
     again, rows_after = score_all()  # the memo is off again outside the block
@@ -390,9 +390,9 @@ def test_shared_runs_change_no_number_and_save_the_repeated_forwards(family, met
 
 
 def test_a_memo_keeps_within_its_budget_and_drops_the_oldest_first() -> None:
-    from tools.experiments.memo import BaselineMemo
+    from tools.experiments.memo import SharedRuns
 
-    memo = BaselineMemo(max_bytes=100)
+    memo = SharedRuns(max_bytes=100)
     calls = []
 
     def make(n):

@@ -11,7 +11,7 @@ The same holds for any unpatched run whose activations an experiment reads
 (`tools.experiments.patching.cache_run`: the base and source runs of activation and path
 patching too) and for the reference means of mean ablation.
 
-`BaselineMemo` holds those runs, least recently used first out, within a byte budget (a
+`SharedRuns` holds those runs, least recently used first out, within a byte budget (a
 value larger than the budget is computed and not kept). It is off unless a caller turns it
 on for a block of work with `sharing_runs`; an investigation does so for each of its steps.
 Nothing in it outlives the memo object, and nothing is written to disk: the workspace's
@@ -32,13 +32,12 @@ import torch
 DEFAULT_MAX_BYTES = 1 << 30
 
 
-class BaselineMemo:
+class SharedRuns:
     """Values by key, least recently used evicted first once they hold more than ``max_bytes``."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
         self.hits = 0
-        self.misses = 0
         self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.RLock()  # re-entrant: a computed value may read another one
@@ -53,7 +52,6 @@ class BaselineMemo:
             self._items.move_to_end(key)
             self.hits += 1
             return self._items[key][0]
-        self.misses += 1
         value = compute()
         size = nbytes(value)
         if size <= self.max_bytes:
@@ -71,17 +69,12 @@ class BaselineMemo:
     def __len__(self) -> int:
         return len(self._items)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
 
-
-_ACTIVE: ContextVar[BaselineMemo | None] = ContextVar("circuitsleuth_shared_runs", default=None)
+_ACTIVE: ContextVar[SharedRuns | None] = ContextVar("circuitsleuth_shared_runs", default=None)
 
 
 @contextmanager
-def sharing_runs(memo: BaselineMemo) -> Iterator[BaselineMemo]:
+def sharing_runs(memo: SharedRuns) -> Iterator[SharedRuns]:
     """``with sharing_runs(memo):`` — experiments run inside reuse the runs ``memo`` holds."""
     token = _ACTIVE.set(memo)
     try:
