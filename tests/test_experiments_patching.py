@@ -329,3 +329,46 @@ def test_shared_prefix_runs_mlps_on_later_positions_only_and_equals_naive(loaded
     for i, components in enumerate(spec.component_sets):
         expected = naive_logit_diff([Patch(parse_component(c)) for c in components])
         assert torch.allclose(result.tensors["logit_diff.sets"][i], expected, atol=ATOL)
+
+
+def test_a_shared_run_widens_to_the_sites_asked_and_reads_back_bit_identical_values(loaded) -> None:
+    """Under a memo, one prompt batch asked for different site sets runs at most twice: the
+    second run saves every site (it fits the budget) and later asks read it back; every value
+    equals a run without the memo bit for bit. With a budget too small for every site, the
+    second run saves only the union of what was asked."""
+    from tools.experiments.memo import SharedRuns, sharing_runs
+    from tools.experiments.patching import all_sites
+
+    n_layers = loaded.adapter.n_layers
+    prompts = tokenize_prompts(loaded, word_pairs(n=3, length=[5, 6, 5], seed=21), need_corrupted=True)
+    asks = [{("resid_pre", 0), ("resid_post", 1)}, {("z", 0), ("mlp", 1)}, {("attn", 1), ("embed", -1)},
+            {("resid_pre", 0), ("z", 1)}]
+
+    def ask_all() -> tuple[list, int, int]:
+        calls, rows = loaded.forwards.mark()
+        out = [cache_run(loaded, prompts.clean, prompts.last, keys) for keys in asks]
+        return out, loaded.forwards.calls - calls, loaded.forwards.rows - rows
+
+    alone, calls_alone, _ = ask_all()
+    assert calls_alone == len(asks)
+    memo = SharedRuns()
+    with sharing_runs(memo):
+        together, calls_shared, rows_shared = ask_all()
+    assert calls_shared == 2 and rows_shared == 2 * 3
+    held = next(iter(memo._items.values()))[0]
+    assert set(held[0]) == all_sites(n_layers)
+    for (cache_a, final_a), (cache_b, final_b), keys in zip(alone, together, asks):
+        assert set(cache_a) == set(cache_b) == keys
+        assert torch.equal(final_a, final_b)
+        for key in keys:
+            assert torch.equal(cache_a[key], cache_b[key]), key
+
+    small = SharedRuns(max_bytes=1)  # nothing fits: every ask runs, and only what it asks
+    with sharing_runs(small):
+        _, calls_small, _ = ask_all()
+    assert calls_small == len(asks) and len(small) == 0
+    tight = SharedRuns(max_bytes=4 * sum(v.untyped_storage().nbytes() for v in held[0].values()) // 5)
+    with sharing_runs(tight):  # room for the union of the asks, not for every site times four
+        ask_all()
+    kept = next(iter(tight._items.values()))[0]
+    assert set(kept[0]) == set().union(*asks)

@@ -9,7 +9,12 @@ the next ablation changes no number — only the forward passes spent.
 
 The same holds for any unpatched run whose activations an experiment reads
 (`tools.experiments.patching.cache_run`: the base and source runs of activation and path
-patching too) and for the reference means of mean ablation.
+patching too) and for the reference means of mean ablation. An unpatched run is held once per
+prompt batch (`shared_covering`): a later experiment that reads a subset of its sites reads
+them back; one that reads a site not held runs the batch once more, saving every site of the
+model when that fits a quarter of the budget (else the union of the sites asked so far), and
+that run takes the old one's place. So a batch is run at most twice however many experiments
+read it. Which other sites a forward pass saves changes none of the values it saves.
 
 `SharedRuns` holds those runs, least recently used first out, within a byte budget (a
 value larger than the budget is computed and not kept). It is off unless a caller turns it
@@ -62,6 +67,17 @@ class SharedRuns:
                 self._bytes -= dropped
         return value
 
+    def get_covering(self, key: Hashable, covers: Callable[[Any], bool], compute: Callable[[Any], Any]) -> Any:
+        """The value stored under ``key`` when ``covers(value)``; else ``compute(held)`` (``held``:
+        the value stored there now, or None), stored in place of ``held`` when it fits."""
+        with self._lock:
+            held = self._items.get(key, (None, 0))[0]
+            if held is not None and covers(held):
+                return self._get(key, lambda: held)
+            if held is not None:
+                self._bytes -= self._items.pop(key)[1]
+            return self._get(key, lambda: compute(held))
+
     @property
     def bytes(self) -> int:
         return self._bytes
@@ -87,6 +103,18 @@ def shared(key: Hashable, compute: Callable[[], Any]) -> Any:
     """``compute()``, through the active memo when there is one."""
     memo = _ACTIVE.get()
     return compute() if memo is None else memo.get(key, compute)
+
+
+def shared_covering(key: Hashable, covers: Callable[[Any], bool], compute: Callable[[Any], Any]) -> Any:
+    """`SharedRuns.get_covering` on the active memo; with none, ``compute(None)``."""
+    memo = _ACTIVE.get()
+    return compute(None) if memo is None else memo.get_covering(key, covers, compute)
+
+
+def budget() -> int:
+    """The active memo's byte budget (0 when no memo is on)."""
+    memo = _ACTIVE.get()
+    return 0 if memo is None else memo.max_bytes
 
 
 def fingerprint(tensor: torch.Tensor) -> tuple[tuple[int, ...], str]:

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from tools.components import Component
-from tools.experiments.memo import fingerprint, model_key, shared
+from tools.experiments.memo import budget, fingerprint, model_key, nbytes, shared_covering
 from tools.experiments.readout import chunks, gather_rows, read_final_hidden, unembed_rows
 
 if TYPE_CHECKING:
@@ -84,6 +84,11 @@ def site_key(component: Component) -> SiteKey:
     if component.kind == "head":
         return ("z", component.layer)
     return (component.kind, component.layer)
+
+
+def all_sites(n_layers: int) -> set[SiteKey]:
+    """Every site of a model of ``n_layers`` blocks."""
+    return {("embed", -1)} | {(site, layer) for layer in range(n_layers) for site in _ORDER if site != "embed"}
 
 
 def forward_order(key: SiteKey) -> tuple[int, int]:
@@ -126,11 +131,25 @@ def cache_run(
     """One unpatched forward: the values at ``keys`` (full ``[batch, pos, ...]``) and the
     final hidden state at ``last`` (``[batch, d_model]``, for `unembed_rows`).
 
-    Under `tools.experiments.memo.sharing_runs` a run of the same ids, positions and keys
-    is read back instead of run again (callers never write into what it returns)."""
-    ordered = tuple(sorted(set(keys), key=forward_order))
-    key = ("cache_run", model_key(model), fingerprint(ids), fingerprint(last), ordered)
-    return shared(key, lambda: _cache_run(model, ids, last, ordered))
+    Under `tools.experiments.memo.sharing_runs` a run of the same ids and positions that
+    holds every one of ``keys`` is read back instead of run again; a run of them that lacks
+    some is replaced by one run of the union (`tools.experiments.memo.shared_covering`).
+    Callers never write into what it returns."""
+    wanted = set(keys)
+
+    def widened(held: tuple[dict[SiteKey, torch.Tensor], torch.Tensor] | None):
+        union = set(wanted)
+        if held is not None:  # asked a second time: the union, or every site when that fits
+            union |= held[0].keys()
+            every = all_sites(model.adapter.n_layers)
+            per_site = max((nbytes(v) for v in held[0].values()), default=0)
+            if per_site * len(every) <= budget() // 4:
+                union |= every
+        return _cache_run(model, ids, last, tuple(sorted(union, key=forward_order)))
+
+    key = ("cache_run", model_key(model), fingerprint(ids), fingerprint(last))
+    cache, final = shared_covering(key, lambda held: wanted <= held[0].keys(), widened)
+    return {k: cache[k] for k in sorted(wanted, key=forward_order)}, final
 
 
 def _cache_run(
