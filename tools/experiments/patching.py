@@ -133,8 +133,9 @@ def cache_run(
 
     Under `tools.experiments.memo.sharing_runs` a run of the same ids and positions that
     holds every one of ``keys`` is read back instead of run again; a run of them that lacks
-    some is replaced by one run of the union (`tools.experiments.memo.shared_covering`).
-    Callers never write into what it returns."""
+    some is replaced by one run saving every site of the model when that fits a quarter of the
+    memo's budget, else the union of the held and the asked sites
+    (`tools.experiments.memo.shared_covering`). Callers never write into what it returns."""
     wanted = set(keys)
 
     def widened(held: tuple[dict[SiteKey, torch.Tensor], torch.Tensor] | None):
