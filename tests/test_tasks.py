@@ -85,6 +85,21 @@ def test_out_of_vocabulary_answer_is_a_clear_error(word_tokenizer):
         answer_token_id(word_tokenizer, "The capital of France is", " Atlantis")
 
 
+def test_remembered_encodings_equal_the_tokenizer_and_follow_added_tokens():
+    """`answer_token_id` remembers encodings per tokenizer; a fresh tokenizer (not the shared
+    fixture: tokens are added to it) must answer as if nothing were remembered, before and
+    after a word joins its vocabulary."""
+    tokenizer = build_tokenizer(vocabulary_text(0), ["cerulean"])
+    prompt = "The capital of France is"
+    with pytest.raises(TokenizationError, match="vocabulary"):
+        answer_token_id(tokenizer, prompt, " Atlantis")
+    expected = tokenizer(prompt + " Paris", add_special_tokens=True)["input_ids"][-1]
+    assert answer_token_id(tokenizer, prompt, " Paris") == expected
+    tokenizer.add_tokens(["Atlantis"])
+    assert answer_token_id(tokenizer, prompt, " Atlantis") == tokenizer.convert_tokens_to_ids("Atlantis")
+    assert answer_token_id(tokenizer, prompt, " Paris") == expected
+
+
 def test_inexpressible_task_raises_instead_of_returning_too_few(word_tokenizer):
     gen = TriggerTask("cerulean", "zzz-not-in-vocab")
     with pytest.raises(TokenizationError, match="expressible"):

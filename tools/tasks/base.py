@@ -14,6 +14,8 @@ one token is decided by tokenising ``prompt + answer`` (see :func:`answer_token_
 from __future__ import annotations
 
 import random
+import threading
+import weakref
 from abc import ABC, abstractmethod
 from typing import Literal, Sequence
 
@@ -103,8 +105,34 @@ class TaskGenerator(ABC):
         return [p.clean + p.answer + " ." for p in self.generate(n, split="train", seed=seed)]
 
 
+_ENCODED: "weakref.WeakKeyDictionary[object, dict[tuple[int, str], tuple[int, ...]]]" = weakref.WeakKeyDictionary()
+_ENCODED_LOCK = threading.Lock()
+_ENCODED_MAX = 200_000
+"""Entries kept per tokenizer; past that the memo starts afresh (it only saves time)."""
+
+
 def _encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    """``text``'s token ids with special tokens, remembered per tokenizer object.
+
+    Checking whether an item is expressible tokenises its prompt once per candidate answer and
+    foil, and generating a prompt set checks many items, so the same strings come back thousands
+    of times. The memo is keyed by the tokenizer object (weakly: it goes with the tokenizer) and
+    by the tokenizer's length, so adding tokens to it never reads an older encoding.
+    """
+    try:
+        key = (len(tokenizer), text)
+        with _ENCODED_LOCK:
+            memo = _ENCODED.setdefault(tokenizer, {})
+            hit = memo.get(key)
+    except TypeError:  # an object that cannot be weakly referenced, or has no length: no memo
+        return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if hit is None:
+        hit = tuple(tokenizer(text, add_special_tokens=True)["input_ids"])
+        with _ENCODED_LOCK:
+            if len(memo) >= _ENCODED_MAX:
+                memo.clear()
+            memo[key] = hit
+    return list(hit)
 
 
 def answer_token_id(tokenizer, prompt: str, answer: str) -> int:
