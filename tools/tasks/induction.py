@@ -32,14 +32,22 @@ def transition_split(a: str, b: str) -> Split:
     return "heldout" if h % 4 == 0 else "train"
 
 
+@lru_cache(maxsize=None)
+def _successors(a: str, pool: tuple[str, ...], split: Split) -> tuple[str, ...]:
+    """The words of ``pool`` that may follow ``a`` in ``split``, in the pool's order."""
+    return tuple(w for w in pool if transition_split(a, w) == split)
+
+
 def sample_sequence(rng: random.Random, pool: tuple[str, ...], length: int, split: Split) -> list[str] | None:
     """A sequence of distinct words whose every adjacent pair is a ``split`` transition."""
     seq = [rng.choice(pool)]
+    used = {seq[0]}
     while len(seq) < length:
-        options = [w for w in pool if w not in seq and transition_split(seq[-1], w) == split]
+        options = [w for w in _successors(seq[-1], pool, split) if w not in used]
         if not options:
             return None
         seq.append(rng.choice(options))
+        used.add(seq[-1])
     # the repeat joins the last word to the first: that transition must be in the split too
     if transition_split(seq[-1], seq[0]) != split:
         return None
