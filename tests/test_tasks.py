@@ -85,19 +85,27 @@ def test_out_of_vocabulary_answer_is_a_clear_error(word_tokenizer):
         answer_token_id(word_tokenizer, "The capital of France is", " Atlantis")
 
 
-def test_remembered_encodings_equal_the_tokenizer_and_follow_added_tokens():
-    """`answer_token_id` remembers encodings per tokenizer; a fresh tokenizer (not the shared
-    fixture: tokens are added to it) must answer as if nothing were remembered, before and
-    after a word joins its vocabulary."""
-    tokenizer = build_tokenizer(vocabulary_text(0), ["cerulean"])
-    prompt = "The capital of France is"
-    with pytest.raises(TokenizationError, match="vocabulary"):
-        answer_token_id(tokenizer, prompt, " Atlantis")
-    expected = tokenizer(prompt + " Paris", add_special_tokens=True)["input_ids"][-1]
-    assert answer_token_id(tokenizer, prompt, " Paris") == expected
-    tokenizer.add_tokens(["Atlantis"])
-    assert answer_token_id(tokenizer, prompt, " Atlantis") == tokenizer.convert_tokens_to_ids("Atlantis")
-    assert answer_token_id(tokenizer, prompt, " Paris") == expected
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_remembered_encodings_decide_exactly_as_fresh_ones(name, word_tokenizer):
+    """Generators keep the encodings of one call (`Encodings`); one memo across many items of
+    both splits, expressible or not, must decide every item and answer as fresh encodings do."""
+    import random
+
+    task = get_task(name)
+    encoded: dict = {}
+    kept = 0
+    for split in ("train", "heldout"):
+        rng = random.Random(f"memo:{name}:{split}")
+        for _ in range(60):
+            item = task._sample(rng, split)
+            fresh = is_expressible(word_tokenizer, item)
+            assert is_expressible(word_tokenizer, item, encoded=encoded) == fresh, item
+            if fresh:
+                kept += 1
+                for a in (item.answer, item.foil, *item.answer_set()):
+                    assert answer_token_id(word_tokenizer, item.clean, a, encoded=encoded) == \
+                        answer_token_id(word_tokenizer, item.clean, a), (item, a)
+    assert kept > 0 and len(encoded) > 0
 
 
 def test_inexpressible_task_raises_instead_of_returning_too_few(word_tokenizer):

@@ -41,10 +41,11 @@ class TaskScore(BaseModel):
 
 
 def _token_ids(tokenizer, prompt: TaskPrompt) -> tuple[int, int, list[int], list[int]]:
-    answer = answer_token_id(tokenizer, prompt.clean, prompt.answer)
-    foil = answer_token_id(tokenizer, prompt.clean, prompt.foil)
-    answers = [answer_token_id(tokenizer, prompt.clean, a) for a in prompt.answer_set()]
-    foils = [answer_token_id(tokenizer, prompt.clean, f) for f in prompt.foil_set()]
+    encoded: dict[str, tuple[int, ...]] = {}  # the prompt is encoded once, not once per answer
+    answer = answer_token_id(tokenizer, prompt.clean, prompt.answer, encoded=encoded)
+    foil = answer_token_id(tokenizer, prompt.clean, prompt.foil, encoded=encoded)
+    answers = [answer_token_id(tokenizer, prompt.clean, a, encoded=encoded) for a in prompt.answer_set()]
+    foils = [answer_token_id(tokenizer, prompt.clean, f, encoded=encoded) for f in prompt.foil_set()]
     return answer, foil, answers, foils
 
 

@@ -14,8 +14,6 @@ one token is decided by tokenising ``prompt + answer`` (see :func:`answer_token_
 from __future__ import annotations
 
 import random
-import threading
-import weakref
 from abc import ABC, abstractmethod
 from typing import Literal, Sequence
 
@@ -86,6 +84,7 @@ class TaskGenerator(ABC):
             raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
         rng = random.Random(f"{self.name}:{split}:{seed}")
         out: list[TaskPrompt] = []
+        encoded: Encodings = {}  # the same prompts and answers recur from draw to draw
         tries = 0
         while len(out) < n:
             tries += 1
@@ -95,7 +94,7 @@ class TaskGenerator(ABC):
                     "tokenizer (answers must be single tokens and corrupted prompts the same length)"
                 )
             item = self._sample(rng, split)
-            if tokenizer is not None and not is_expressible(tokenizer, item):
+            if tokenizer is not None and not is_expressible(tokenizer, item, encoded=encoded):
                 continue
             out.append(item)
         return out
@@ -105,44 +104,30 @@ class TaskGenerator(ABC):
         return [p.clean + p.answer + " ." for p in self.generate(n, split="train", seed=seed)]
 
 
-_ENCODED: "weakref.WeakKeyDictionary[object, dict[tuple[int, str], tuple[int, ...]]]" = weakref.WeakKeyDictionary()
-_ENCODED_LOCK = threading.Lock()
-_ENCODED_MAX = 200_000
-"""Entries kept per tokenizer; past that the memo starts afresh (it only saves time)."""
+Encodings = dict[str, tuple[int, ...]]
+"""Token ids by text, for one tokenizer, kept by a caller that encodes the same texts often
+(a prompt once per candidate answer; a generator's draws). Never shared between tokenizers."""
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    """``text``'s token ids with special tokens, remembered per tokenizer object.
-
-    Checking whether an item is expressible tokenises its prompt once per candidate answer and
-    foil, and generating a prompt set checks many items, so the same strings come back thousands
-    of times. The memo is keyed by the tokenizer object (weakly: it goes with the tokenizer) and
-    by the tokenizer's length, so adding tokens to it never reads an older encoding.
-    """
-    try:
-        key = (len(tokenizer), text)
-        with _ENCODED_LOCK:
-            memo = _ENCODED.setdefault(tokenizer, {})
-            hit = memo.get(key)
-    except TypeError:  # an object that cannot be weakly referenced, or has no length: no memo
+def _encode(tokenizer, text: str, encoded: Encodings | None = None) -> list[int]:
+    if encoded is None:
         return list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    if hit is None:
-        hit = tuple(tokenizer(text, add_special_tokens=True)["input_ids"])
-        with _ENCODED_LOCK:
-            if len(memo) >= _ENCODED_MAX:
-                memo.clear()
-            memo[key] = hit
-    return list(hit)
+    ids = encoded.get(text)
+    if ids is None:
+        ids = encoded[text] = tuple(tokenizer(text, add_special_tokens=True)["input_ids"])
+    return list(ids)
 
 
-def answer_token_id(tokenizer, prompt: str, answer: str) -> int:
+def answer_token_id(tokenizer, prompt: str, answer: str, *, encoded: Encodings | None = None) -> int:
     """The single token id that ``answer`` adds after ``prompt``.
+
+    ``encoded``: token ids already computed with this tokenizer, read and extended here.
 
     Raises :class:`TokenizationError` if ``prompt + answer`` does not tokenise as the prompt's
     tokens followed by exactly one more token.
     """
-    base = _encode(tokenizer, prompt)
-    full = _encode(tokenizer, prompt + answer)
+    base = _encode(tokenizer, prompt, encoded)
+    full = _encode(tokenizer, prompt + answer, encoded)
     if len(full) != len(base) + 1 or full[: len(base)] != base:
         raise TokenizationError(
             f"answer {answer!r} is not a single token after prompt {prompt[-40:]!r} for this "
@@ -154,14 +139,15 @@ def answer_token_id(tokenizer, prompt: str, answer: str) -> int:
     return full[-1]
 
 
-def is_expressible(tokenizer, item: TaskPrompt) -> bool:
+def is_expressible(tokenizer, item: TaskPrompt, *, encoded: Encodings | None = None) -> bool:
     """Whether every answer and foil is one token and clean/corrupted have equal length."""
+    encoded = {} if encoded is None else encoded
     try:
         for a in item.answer_set() + item.foil_set() + (item.answer, item.foil):
-            answer_token_id(tokenizer, item.clean, a)
+            answer_token_id(tokenizer, item.clean, a, encoded=encoded)
     except TokenizationError:
         return False
-    return len(_encode(tokenizer, item.clean)) == len(_encode(tokenizer, item.corrupted))
+    return len(_encode(tokenizer, item.clean, encoded)) == len(_encode(tokenizer, item.corrupted, encoded))
 
 
 def split_pool(pool: Sequence[str], heldout_every: int = 4) -> tuple[list[str], list[str]]:
