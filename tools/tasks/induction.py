@@ -40,6 +40,7 @@ def _successors(a: str, pool: tuple[str, ...], split: Split) -> tuple[str, ...]:
 
 def sample_sequence(rng: random.Random, pool: tuple[str, ...], length: int, split: Split) -> list[str] | None:
     """A sequence of distinct words whose every adjacent pair is a ``split`` transition."""
+    pool = tuple(pool)  # a list works too (the successor table is keyed by the pool)
     seq = [rng.choice(pool)]
     used = {seq[0]}
     while len(seq) < length:
