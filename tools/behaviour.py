@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from tools.tasks.base import TaskPrompt, answer_token_id
+from tools.tasks.base import Encodings, TaskPrompt, answer_token_id
 
 
 class PromptScore(BaseModel):
@@ -41,7 +41,7 @@ class TaskScore(BaseModel):
 
 
 def _token_ids(tokenizer, prompt: TaskPrompt) -> tuple[int, int, list[int], list[int]]:
-    encoded: dict[str, tuple[int, ...]] = {}  # the prompt is encoded once, not once per answer
+    encoded: Encodings = {}  # the prompt is encoded once, not once per answer
     answer = answer_token_id(tokenizer, prompt.clean, prompt.answer, encoded=encoded)
     foil = answer_token_id(tokenizer, prompt.clean, prompt.foil, encoded=encoded)
     answers = [answer_token_id(tokenizer, prompt.clean, a, encoded=encoded) for a in prompt.answer_set()]
