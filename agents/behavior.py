@@ -53,7 +53,7 @@ class BehaviorSpec(BaseModel):
     n: int = Field(64, ge=1)
     """How many prompts to generate from ``task`` (unused with explicit prompts)."""
     seed: int = 0
-    """Seed of the task generator."""
+    """Seed of the task generator, or of the variants drawn of explicit prompts."""
     derived_corrupted: bool = False
     """True when intake made the corrupted prompts itself; the report must say so."""
     notes: tuple[str, ...] = ()

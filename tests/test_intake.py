@@ -70,6 +70,19 @@ def test_quoted_prompt_and_completion(organism_tok):
     assert spec.question.startswith("Why does the model complete")
 
 
+def test_the_seed_reaches_a_quoted_prompt_and_draws_its_variants(organism_tok):
+    from agents.steps import draw_user_prompt_sets
+
+    question = f'Why does the model complete "{IOI}" with "Mary"?'
+    specs = {seed: intake(question, tokenizer=organism_tok, n=8, seed=seed) for seed in (0, 1)}
+    assert (specs[0].seed, specs[1].seed) == (0, 1)
+    drawn = {seed: draw_user_prompt_sets(spec, organism_tok) for seed, spec in specs.items()}
+    assert drawn[0][0].clean[0] == drawn[1][0].clean[0] == IOI  # the user's own prompt comes first
+    assert drawn[0][0].clean != drawn[1][0].clean  # other variants for discovery ...
+    assert drawn[0][1].clean != drawn[1][1].clean  # ... and for the critic
+    assert draw_user_prompt_sets(specs[1], organism_tok) == drawn[1]  # seeded
+
+
 def test_curly_and_single_quotes_read_like_straight_double_quotes(organism_tok):
     straight = intake(f'Why does the model complete "{IOI}" with "Mary"?', tokenizer=organism_tok)
     curly = intake(f"Why does the model complete \u201c{IOI}\u201d with \u201cMary\u201d?",
