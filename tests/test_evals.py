@@ -70,6 +70,19 @@ def _claim(id: str, kind: str, verdict: str, components=(), *, threshold=None, m
                          measured=measured, receivers=tuple(receivers))
 
 
+def test_the_shipped_question_files_load_and_other_seeds_asks_the_benchmark_again():
+    from evals.questions import BENCHMARK, QUESTIONS_DIR, load_questions
+
+    benchmark = load_questions(BENCHMARK)
+    again = load_questions(QUESTIONS_DIR / "other-seeds.yaml")
+    assert len(benchmark) >= 12
+    assert [(q.id, q.question.question, q.spec_path, q.key.name, q.model) for q in again] == \
+        [(q.id, q.question.question, q.spec_path, q.key.name, q.model) for q in benchmark]
+    for before, after in zip(benchmark, again):  # other seeds, as many planted seeds as before
+        assert len(after.question.seeds) == len(before.question.seeds)
+        assert not set(after.question.seeds) & set(before.question.seeds)
+
+
 def test_scores_of_a_constructed_report_match_a_hand_count():
     key_components = ["mlp.0", "head.1.2", "head.2.0", "mlp.3"]
     key_edges = {("mlp.0", "logits"), ("head.1.2", "head.2.0.q")}
