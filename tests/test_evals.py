@@ -70,17 +70,20 @@ def _claim(id: str, kind: str, verdict: str, components=(), *, threshold=None, m
                          measured=measured, receivers=tuple(receivers))
 
 
-def test_the_shipped_question_files_load_and_other_seeds_asks_the_benchmark_again():
+def test_the_shipped_question_files_load_and_the_seed_files_ask_the_benchmark_again():
     from evals.questions import BENCHMARK, QUESTIONS_DIR, load_questions
 
     benchmark = load_questions(BENCHMARK)
-    again = load_questions(QUESTIONS_DIR / "other-seeds.yaml")
     assert len(benchmark) >= 12
-    assert [(q.id, q.question.question, q.spec_path, q.key.name, q.model) for q in again] == \
-        [(q.id, q.question.question, q.spec_path, q.key.name, q.model) for q in benchmark]
-    for before, after in zip(benchmark, again):  # other seeds, as many planted seeds as before
-        assert len(after.question.seeds) == len(before.question.seeds)
-        assert not set(after.question.seeds) & set(before.question.seeds)
+    asked = [(q.id, q.question.question, q.spec_path, q.key.name, q.model) for q in benchmark]
+    seen = [set(q.question.seeds) for q in benchmark]
+    for name in ("other-seeds.yaml", "seed-2.yaml"):
+        again = load_questions(QUESTIONS_DIR / name)
+        assert [(q.id, q.question.question, q.spec_path, q.key.name, q.model) for q in again] == asked
+        for i, (before, after) in enumerate(zip(benchmark, again)):  # new seeds, as many as before
+            assert len(after.question.seeds) == len(before.question.seeds)
+            assert not set(after.question.seeds) & seen[i]
+            seen[i] |= set(after.question.seeds)
 
 
 def test_scores_of_a_constructed_report_match_a_hand_count():
