@@ -154,7 +154,7 @@ def _role(before: str) -> str | None:
 
 
 def _from_quotes(question: str, text: str, spans: list[tuple[int, int, str]], named: list[str],
-                 tokenizer, *, seed: int = 0) -> BehaviorSpec:
+                 tokenizer, *, seed: int) -> BehaviorSpec:
     """An explicit one-prompt spec from the quoted strings of ``text``; ``seed`` draws the
     prompt's variants (`agents.steps.draw_user_prompt_sets`)."""
     roles: dict[str, str] = {}
