@@ -51,7 +51,8 @@ class BehaviorSpec(BaseModel):
     metric: Metric = "logit_diff"
     """The headline metric: logit difference answer − foil, answer probability, or top-1 accuracy."""
     n: int = Field(64, ge=1)
-    """How many prompts to generate from ``task`` (unused with explicit prompts)."""
+    """Prompts per set: how many ``task`` generates, or how many variants of explicit prompts
+    the investigation draws (`agents.steps.draw_user_prompt_sets`); see `with_prompt_count`."""
     seed: int = 0
     """Seed of the task generator, or of the variants drawn of explicit prompts."""
     derived_corrupted: bool = False
@@ -169,12 +170,30 @@ _FILE_FIELDS = tuple(name for name in BehaviorSpec.model_fields
 """Fields a spec file may set; what intake decides (notes, derived corruption) is not among them."""
 
 
+SMALL_MODEL_PARAMETERS = 100_000_000
+"""Models with fewer parameters get 64 prompts per set by default, larger ones 32."""
+
+
+def default_prompt_count(parameters: int) -> int:
+    """Prompts per set when the user says nothing: 64 under `SMALL_MODEL_PARAMETERS`, else 32."""
+    return 64 if parameters < SMALL_MODEL_PARAMETERS else 32
+
+
+def with_prompt_count(behavior: BehaviorSpec, n: int | None, default: int) -> BehaviorSpec:
+    """``behavior`` with its prompts per set settled: ``--n`` when given, else the ``n`` the spec
+    (a spec file, or intake) set itself, else ``default`` (`default_prompt_count`)."""
+    if n is not None:
+        return behavior.model_copy(update={"n": n})
+    return behavior if "n" in behavior.model_fields_set else behavior.model_copy(update={"n": default})
+
+
 def load_spec_file(path: str | Path) -> BehaviorSpec:
     """A `BehaviorSpec` from a YAML (``.yaml``/``.yml``) or JSON (``.json``) file.
 
     The file is a mapping with either ``prompts``, ``answers``, ``foils`` (and optionally
-    ``corrupted``, ``metric``) or ``task`` (and optionally ``n``, ``seed``, ``metric``), plus an
-    optional ``question``. Answers are used exactly as written (give the leading space).
+    ``corrupted``) or ``task``, and optionally ``metric``, ``n``, ``seed`` and ``question``
+    (``n`` and ``seed``: see `BehaviorSpec`). Answers are used exactly as written (give the
+    leading space).
 
     Raises:
         UserInputError: one line naming the file and the field, for a missing or unreadable

@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--spec", default=None, metavar="FILE", help="a YAML/JSON behaviour spec instead of a question")
     a.add_argument("--seed", type=int, default=0, help="prompt-generator seed (default 0)")
     a.add_argument("--n", type=int, default=None,
-                   help="prompts per set (discovery, fresh): default 64 for models under 100M parameters, else 32")
+                   help="prompts per set (discovery, fresh): default a spec file's own n, else 64 for models "
+                        "under 100M parameters and 32 above")
     a.add_argument("--brain", default="heuristic", choices=("heuristic", "openai"),
                    help="who plans: the offline playbook (default) or an OpenAI-compatible LLM")
     a.add_argument("--remote", action="store_true", help="run the model's traces on NDIF (needs NDIF_API_KEY)")
@@ -388,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--spec", default=None, metavar="FILE", help="a YAML/JSON behaviour spec instead of a question")
     d.add_argument("--seed", type=int, default=0, help="prompt-sampling seed (default 0)")
     d.add_argument("--n", type=int, default=None,
-                   help="prompts per set: default 64 for models under 100M parameters, else 32")
+                   help="prompts per set (discovery, fresh): default a spec file's own n, else 64 for models "
+                        "under 100M parameters and 32 above")
     wt = sub.add_parser("watch", help="canary behaviours and mechanism fingerprints across checkpoints")
     wt.add_argument("checkpoints", metavar="CHECKPOINT_DIR", nargs="+",
                     help="checkpoint folders in order, or folders of checkpoint-<step> folders (expanded by step)")

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from agents.behavior import BehaviorSpec, load_spec_file
+from agents.behavior import BehaviorSpec, default_prompt_count, load_spec_file, with_prompt_count
 from agents.intake import intake
 from agents.report.build import prompt_examples
 from tools.errors import UserInputError
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 TOP_K = 3
 """How many of the top changed components the investigation examines."""
-SMALL_MODEL_PARAMETERS = 100_000_000
 
 
 def diff_models(question: str, *, base: str, model: str, spec_file: str | None = None,
@@ -92,10 +91,9 @@ def _behaviour(question: str, behavior: BehaviorSpec | None, a: "LoadedModel", b
     declared_b, declared_a = declared_tasks(b.source), declared_tasks(a.source)
     declared = {**declared_a, **declared_b}
     context = getattr(b.hf_model.config, "max_position_embeddings", None)
-    prompts_n = n or (64 if sum(p.numel() for p in b.hf_model.parameters()) < SMALL_MODEL_PARAMETERS else 32)
+    prompts_n = n or default_prompt_count(sum(p.numel() for p in b.hf_model.parameters()))
     if behavior is not None:
-        if n is not None and behavior.task is not None:
-            behavior = behavior.model_copy(update={"n": n})
+        behavior = with_prompt_count(behavior, n, prompts_n)
         behavior.check(b.tokenizer, context, generator=declared.get(behavior.task or ""))
     else:
         behavior = intake(question, tokenizer=b.tokenizer, n=prompts_n, seed=seed, max_length=context,
@@ -103,8 +101,6 @@ def _behaviour(question: str, behavior: BehaviorSpec | None, a: "LoadedModel", b
     if behavior.task is None and not behavior.corrupted:
         raise UserInputError("the behaviour has no corrupted prompt; the comparisons patch clean into corrupted "
                              "runs, so quote one (corrupted: \"...\") or give one in a spec file")
-    if behavior.task is None:
-        behavior = behavior.model_copy(update={"n": prompts_n})
     declarer = b if (behavior.task or "") in declared_b or (behavior.task or "") not in declared_a else a
     return behavior, declarer
 

@@ -82,8 +82,8 @@ def intake(question: str, *, tokenizer, n: int = 64, seed: int = 0,
     Args:
         question: the researcher's question in plain language.
         tokenizer: the target model's tokenizer (answers and foils must be one token).
-        n, seed: prompt count and seed for a named behaviour's generated prompts; ``seed`` also
-            draws the variants of a quoted prompt.
+        n, seed: prompts per set and their seed: a named behaviour's generated prompts, or the
+            variants drawn of a quoted prompt.
         max_length: the model's context length, if prompts must fit it.
         declared: behaviours the model folder declares (`tools.tasks.declared.declared_tasks`):
             a question about the trigger of a planted organism is grounded only when it has one.
@@ -105,7 +105,7 @@ def intake(question: str, *, tokenizer, n: int = 64, seed: int = 0,
         outside = outside[:start] + " " + outside[end:]
     named = [task for task, pattern in _BEHAVIOURS if pattern.search(outside)]
     if spans:
-        spec = _from_quotes(question, text, spans, named, tokenizer, seed=seed)
+        spec = _from_quotes(question, text, spans, named, tokenizer, n=n, seed=seed)
     elif len(named) > 1:
         raise UserInputError(f"the question names several behaviours ({', '.join(named)}); ask "
                              "about one at a time")
@@ -154,9 +154,9 @@ def _role(before: str) -> str | None:
 
 
 def _from_quotes(question: str, text: str, spans: list[tuple[int, int, str]], named: list[str],
-                 tokenizer, *, seed: int) -> BehaviorSpec:
-    """An explicit one-prompt spec from the quoted strings of ``text``; ``seed`` draws the
-    prompt's variants (`agents.steps.draw_user_prompt_sets`)."""
+                 tokenizer, *, n: int, seed: int) -> BehaviorSpec:
+    """An explicit one-prompt spec from the quoted strings of ``text``; ``n`` and ``seed`` set
+    how many variants of the prompt are drawn and which (`agents.steps.draw_user_prompt_sets`)."""
     roles: dict[str, str] = {}
     unlabelled: list[str] = []
     previous_end = 0
@@ -212,7 +212,7 @@ def _from_quotes(question: str, text: str, spans: list[tuple[int, int, str]], na
                      f"the foil; same token count")
         return BehaviorSpec(question=question, prompts=(prompt,), answers=(answer,),
                             foils=(_continuation(prompt, foil_word),), corrupted=(corrupted_text,),
-                            derived_corrupted=True, seed=seed, notes=tuple(notes))
+                            derived_corrupted=True, n=n, seed=seed, notes=tuple(notes))
     if foil_word is not None:
         notes.append(f"foil {_continuation(prompt, foil_word)!r} read from the question")
     else:
@@ -236,7 +236,7 @@ def _from_quotes(question: str, text: str, spans: list[tuple[int, int, str]], na
             corrupted, derived = (made,), True
     return BehaviorSpec(question=question, prompts=(prompt,), answers=(answer,),
                         foils=(_continuation(prompt, foil_word),), corrupted=corrupted,
-                        derived_corrupted=derived, seed=seed, notes=tuple(notes))
+                        derived_corrupted=derived, n=n, seed=seed, notes=tuple(notes))
 
 
 def _continuation(prompt: str, word: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from agents.behavior import BehaviorSpec, load_spec_file
+from agents.behavior import BehaviorSpec, default_prompt_count, load_spec_file, with_prompt_count
 from agents.budget import Budget
 from agents.graph import RECURSION_LIMIT, build_graph
 from agents.intake import intake
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from tools.loading import LoadedModel
 
 BRAINS = ("heuristic", "openai")
-SMALL_MODEL_PARAMETERS = 100_000_000
-"""Models with fewer parameters get ``n = 64`` prompts per set by default, larger ones 32."""
 
 
 def ask(question: str, *, model: str, spec_file: str | None = None, workspace: str | None = None,
@@ -56,10 +54,9 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
     loaded = loaded if loaded is not None else _load(load_model, model, remote)
     context = getattr(loaded.hf_model.config, "max_position_embeddings", None)
     declared = declared_tasks(loaded.source)
-    prompts_n = n or (64 if _parameters(loaded) < SMALL_MODEL_PARAMETERS else 32)
+    prompts_n = n or default_prompt_count(_parameters(loaded))
     if behavior is not None:
-        if n is not None and behavior.task is not None:
-            behavior = behavior.model_copy(update={"n": n})
+        behavior = with_prompt_count(behavior, n, prompts_n)
         behavior.check(loaded.tokenizer, context, generator=declared.get(behavior.task or ""))
     elif hasattr(thinker, "intake"):
         behavior, events = thinker.intake(question, tokenizer=loaded.tokenizer, n=prompts_n, seed=seed,
@@ -75,7 +72,6 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
     if behavior.task is None:
         from agents.steps import draw_user_prompt_sets
 
-        behavior = behavior.model_copy(update={"n": prompts_n})
         draw_user_prompt_sets(behavior, loaded.tokenizer)  # a prompt the critic cannot re-test fails here
     with Memory.open(workspace, writer=True, chroma_url=chroma_url, lock_timeout=lock_timeout) as memory:
         run = memory.runs.create(question or behavior.question, loaded.model_id, weights_hash=loaded.weights_hash,

@@ -15,7 +15,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from agents.behavior import BehaviorSpec, load_spec_file
+from agents.behavior import BehaviorSpec, load_spec_file, with_prompt_count
 from agents.intake import intake
 from tests.test_adapters import tiny_tokenizer
 from tools.errors import TokenizationError, UnknownTaskError, UserInputError
@@ -81,6 +81,15 @@ def test_the_seed_reaches_a_quoted_prompt_and_draws_its_variants(organism_tok):
     assert drawn[0][0].clean != drawn[1][0].clean  # other variants for discovery ...
     assert drawn[0][1].clean != drawn[1][1].clean  # ... and for the critic
     assert draw_user_prompt_sets(specs[1], organism_tok) == drawn[1]  # seeded
+
+
+def test_n_reaches_a_quoted_prompt_and_sets_how_many_variants_are_drawn(organism_tok):
+    from agents.steps import draw_user_prompt_sets
+
+    spec = intake(f'Why does the model complete "{IOI}" with "Mary"?', tokenizer=organism_tok, n=8)
+    assert spec.n == 8
+    discovery, fresh = draw_user_prompt_sets(spec, organism_tok)
+    assert len(discovery.clean) == len(fresh.clean) == 8
 
 
 def test_curly_and_single_quotes_read_like_straight_double_quotes(organism_tok):
@@ -363,6 +372,18 @@ def test_yaml_spec_file_gives_full_control(tmp_path, tiny_tok):
     assert spec.corrupted == ("w6 w2 w3", "w3 w8")
     assert spec.metric == "accuracy" and spec.derived_corrupted is False
     spec.check(tiny_tok, None)
+
+
+@pytest.mark.parametrize(("in_file", "given", "settled"), [
+    ({"n": 12}, None, 12),  # the spec's own n, explicit prompts or a task alike
+    ({"n": 12}, 5, 5),  # --n wins over the file
+    ({}, None, 32),  # neither: the model's default
+])
+@pytest.mark.parametrize("form", ["task", "prompts"])
+def test_the_prompt_count_is_n_then_the_spec_then_the_default(in_file, given, settled, form):
+    shape = {"task": "ioi"} if form == "task" else {"prompts": ("a b",), "answers": (" c",), "foils": (" d",)}
+    spec = BehaviorSpec(question="q", **shape, **in_file)
+    assert with_prompt_count(spec, given, 32).n == settled
 
 
 def test_json_spec_file_with_a_task(tmp_path):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agents.cli import main as sleuth
 
@@ -63,6 +64,18 @@ def test_a_budget_stops_the_run_cleanly_with_a_report(tmp_path, capsys):
     out = _ask(capsys, tmp_path / "ws", "--max-experiments", "2")
     assert out["status"] == "budget_exhausted"
     assert out["cost"]["experiments"] <= 3 and Path(out["report"]["md"]).exists()
+
+
+@pytest.mark.parametrize(("flags", "n"), [([], 6), (["--n", "4"], 4)])
+def test_a_spec_file_of_explicit_prompts_keeps_its_own_n_unless_n_is_given(tmp_path, capsys, flags, n):
+    spec = yaml.safe_load((ROOT / "evals" / "questions" / "specs" / "pronoun.yaml").read_text())
+    path = tmp_path / "pronoun.yaml"
+    path.write_text(yaml.safe_dump({**spec, "n": 6}))
+    assert sleuth(["ask", "--spec", str(path), "--model", "organism-default", "--max-experiments", "1",
+                   "--workspace", str(tmp_path / "ws"), "--json", *flags]) == 0
+    out = json.loads(capsys.readouterr().out)
+    run = json.loads((tmp_path / "ws" / "runs" / out["run_id"] / "run.json").read_text())
+    assert run["settings"]["behavior"]["n"] == n
 
 
 @pytest.mark.parametrize("kill_after", [1, 12, 33])  # confirm, the circuit search, the critic
