@@ -185,7 +185,7 @@ def _measure_set(run: "Run", model: "LoadedModel", claim: SetClaim, prompts: Pro
                      second_method=f"{other} ablation",
                      controls=[_ratio(_ablation_terms(c, claim.kind)) for c in controls],
                      control_kind=f"random sets of {len(claimed)} from the {'+'.join(claim.universe)} universe"
-                                  + _outside(pool, claimed, named),
+                                  + controls_outside(pool, claimed, named),
                      evidence=[main.key, second.key, *(c.key for c in controls)])
 
 
@@ -211,7 +211,7 @@ def _avoids(pool: Sequence[str], claimed: set[str], avoid: Sequence[str] | froze
     return bool(outside - claimed) and len(set(pool) - outside) >= len(claimed)
 
 
-def _outside(pool: Sequence[str], claimed: set[str], named: frozenset[str]) -> str:
+def controls_outside(pool: Sequence[str], claimed: set[str], named: Sequence[str] | frozenset[str]) -> str:
     """How the controls were drawn, in words (`control_sets`' first case, or nothing)."""
     return ", outside every claim's components" if _avoids(pool, claimed, named) else ""
 
@@ -243,7 +243,7 @@ def _measure_paths(run: "Run", model: "LoadedModel", claim: DirectClaim | PathCl
     return _Measured(main=_path_terms(main, 0, "noising"), second=_path_terms(second, 0, "denoising"),
                      second_method="denoising path patching", controls=controls,
                      control_kind=f"random sets of {len(claim.components)} senders"
-                                  + _outside(pool, set(claim.components), named),
+                                  + controls_outside(pool, set(claim.components), named),
                      evidence=[main.key, second.key])
 
 

@@ -30,7 +30,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -159,7 +159,7 @@ def measure_diff(run: "Run", a: "LoadedModel", b: "LoadedModel", behavior: Behav
 
             claim = SetClaim(id=f"necessity-{component}", kind="necessity", components=(component,),
                              threshold=preregister(found.necessity), method="resample")
-            necessity.append(examine_claim(_Experiments(run), b, claim, fresh, seed=seed * 100 + i))
+            necessity.append(examine_claim(_Experiments(run), b, claim, fresh, seed=seed * 100 + i, named=top))
             contrast = run.experiment(a, AblationSpec(prompts=fresh, components=(component,), method="resample",
                                                       mode="ablate", positions=scope_positions(a, fresh)))
             record["investigation"].append({"component": component, "discovery": found.key,
@@ -169,7 +169,7 @@ def measure_diff(run: "Run", a: "LoadedModel", b: "LoadedModel", behavior: Behav
         reverse = _cross(run, b, a, CrossModelPatchingSpec(prompts=fresh, source_model_id=a.model_id,
                                                            source_weights_hash=a.weights_hash))
         discovered = run.load_experiment(evidence["cross_model"])
-        transfer = [transfer_test(discovered, forward, reverse, component, seed=seed * 100 + i)
+        transfer = [transfer_test(discovered, forward, reverse, component, seed=seed * 100 + i, named=top)
                     for i, component in enumerate(top)]
         record["transfer"] = {"forward": forward.key, "reverse": reverse.key}
         _store_claims(run, b, behavior, necessity, transfer, record)
@@ -192,6 +192,8 @@ class TransferTest(BaseModel):
     """The other direction: the share removed from the model by patching the base's component into it."""
     controls: tuple[float, ...]
     """The shares transferred by three random other components of the same sweep."""
+    control_kind: str
+    """How the controls were drawn, in words (outside the other examined components when possible)."""
     p_value: float
     adjusted_p: float | None = None
     evidence: tuple[str, ...]
@@ -205,9 +207,11 @@ class TransferTest(BaseModel):
         return "inconclusive"
 
 
-def transfer_test(discovered, forward, reverse, component: str, *, seed: int, n_controls: int = 3) -> TransferTest:
-    """Measure a transfer claim from stored cross-model patching results (see `TransferTest`)."""
-    from agents.critic import control_sets
+def transfer_test(discovered, forward, reverse, component: str, *, seed: int, n_controls: int = 3,
+                  named: Sequence[str] = ()) -> TransferTest:
+    """Measure a transfer claim from stored cross-model patching results (see `TransferTest`).
+    ``named``: the components the diff's claims name, kept out of the controls when possible."""
+    from agents.critic import control_sets, controls_outside
     from agents.playbook import preregister
     from tools.stats import ratio_bootstrap_ci, ratio_bootstrap_pvalue
 
@@ -225,13 +229,15 @@ def transfer_test(discovered, forward, reverse, component: str, *, seed: int, n_
     threshold = preregister(share)
     pool = [_name(sweep, i) for sweep in forward.sweeps for i in range(_cells(sweep))]
     controls = [float(np.mean(terms(forward, c[0], False)[0]) / np.mean(terms(forward, c[0], False)[1]))
-                for c in control_sets(pool, {component}, n_controls, seed=seed)]
+                for c in control_sets(pool, {component}, n_controls, seed=seed, avoid=named)]
     num, den = terms(forward, component, False)
     replication = ratio_bootstrap_ci(num, den, seed=seed)
     second = ratio_bootstrap_ci(*terms(reverse, component, True), seed=seed)
     p = ratio_bootstrap_pvalue(num, den, threshold=threshold, seed=seed)
     return TransferTest(component=component, threshold=threshold, discovery_share=share, replication=replication,
-                        second=second, controls=tuple(controls), p_value=p, evidence=(forward.key, reverse.key))
+                        second=second, controls=tuple(controls),
+                        control_kind=f"{n_controls} random other components" + controls_outside(pool, {component}, named),
+                        p_value=p, evidence=(forward.key, reverse.key))
 
 
 def _cells(sweep) -> int:
@@ -319,7 +325,7 @@ def _store_claims(run: "Run", b: "LoadedModel", behavior: BehaviorSpec, necessit
             details={"kind": "transfer", "role": "diff", "threshold": x.threshold,
                      "discovery_share": x.discovery_share,
                      "second_method": "the other direction (the base's component patched into the model)",
-                     "second_ablation": x.second.model_dump(), "control_kind": "three random other components",
+                     "second_ablation": x.second.model_dump(), "control_kind": x.control_kind,
                      "controls": list(x.controls), "p_value": x.p_value, "adjusted_p": x.adjusted_p,
                      "seed": entry["seed"]}))
 

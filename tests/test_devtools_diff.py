@@ -203,6 +203,24 @@ def test_diff_is_stored_as_a_run_with_its_report(trigger_diff):
     assert html.count("<svg") >= 9
 
 
+def test_diff_controls_stay_outside_every_examined_component(trigger_diff):
+    from memory.runstore import RunStore
+    from memory.workspace import Workspace
+
+    out, workspace = trigger_diff
+    top = set(out["top_changed"])
+    assert len(top) > 1  # otherwise there is nothing to keep out
+    with Workspace.open(workspace) as ws:
+        store = RunStore(ws)
+        claims = store.open(out["run_id"]).claims()
+        assert {c.details["kind"] for c in claims} == {"necessity", "transfer"}
+        for claim in claims:
+            assert claim.details["control_kind"].endswith("outside every claim's components"), claim.id
+            if claim.details["kind"] == "necessity":  # evidence: replication, second method, then the controls
+                controls = [store.cache.get(key).spec.components for key in claim.evidence[2:]]
+                assert len(controls) == 3 and not any(set(c) & top for c in controls), (claim.id, controls)
+
+
 def test_diff_report_numbers_come_from_the_stored_results(trigger_diff, tmp_path):
     """Edit the stored cross-model result: the summary and the report change with it."""
     import shutil
