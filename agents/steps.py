@@ -300,14 +300,14 @@ class Toolbox:
                 "tokens": {str(p): t for p, t in tokens.items()}}
 
     def _do_rank(self, job: RankJob) -> dict[str, Any]:
-        experiment = _CountingRun(self)
+        experiment = ToolboxRun(self)
         ranking = rank_components(experiment, self.model, self.prompts)
         return {"order": ranking.order, "effects": dict(ranking.effects), "method": ranking.method,
                 "significant": list(ranking.significant), "removes": dict(ranking.removes),
                 "necessary": list(ranking.necessary), "evidence": list(ranking.evidence)}
 
     def _do_circuit(self, job: CircuitJob) -> dict[str, Any]:
-        found = grow_circuit(_CountingRun(self), self.model, self.prompts, job.order, target=job.target,
+        found = grow_circuit(ToolboxRun(self), self.model, self.prompts, job.order, target=job.target,
                              max_size=job.max_size, positions=self.positions, should_stop=self.out_of_budget)
         return found.model_dump(mode="json")
 
@@ -333,7 +333,7 @@ class Toolbox:
 
     def _do_examine(self, job: ExamineJob) -> dict[str, Any]:
         seed = critic_seed(self.behavior.seed, job.seed)
-        test = examine_claim(_CountingRun(self), self.model, job.claim, self.fresh_prompts, seed=seed,
+        test = examine_claim(ToolboxRun(self), self.model, job.claim, self.fresh_prompts, seed=seed,
                              named=job.named)
         return {"test": test.model_dump(mode="json"), "seed": seed}
 
@@ -373,7 +373,7 @@ def draw_user_prompt_sets(b: BehaviorSpec, tokenizer) -> tuple[PromptPairs, Prom
     return sets
 
 
-class _CountingRun:
+class ToolboxRun:
     """``run`` as the localisation and critic functions use it, reporting each experiment."""
 
     def __init__(self, toolbox: Toolbox) -> None:
