@@ -174,9 +174,10 @@ SMALL_MODEL_PARAMETERS = 100_000_000
 """Models with fewer parameters get 64 prompts per set by default, larger ones 32."""
 
 
-def default_prompt_count(parameters: int) -> int:
-    """Prompts per set when the user says nothing: 64 under `SMALL_MODEL_PARAMETERS`, else 32."""
-    return 64 if parameters < SMALL_MODEL_PARAMETERS else 32
+def default_prompt_count(hf_model) -> int:
+    """Prompts per set when the user says nothing: 64 for a model (a torch module) under
+    `SMALL_MODEL_PARAMETERS` parameters, else 32."""
+    return 64 if sum(p.numel() for p in hf_model.parameters()) < SMALL_MODEL_PARAMETERS else 32
 
 
 def with_prompt_count(behavior: BehaviorSpec, n: int | None, default: int) -> BehaviorSpec:

@@ -91,7 +91,7 @@ def _behaviour(question: str, behavior: BehaviorSpec | None, a: "LoadedModel", b
     declared_b, declared_a = declared_tasks(b.source), declared_tasks(a.source)
     declared = {**declared_a, **declared_b}
     context = getattr(b.hf_model.config, "max_position_embeddings", None)
-    prompts_n = n or default_prompt_count(sum(p.numel() for p in b.hf_model.parameters()))
+    prompts_n = n or default_prompt_count(b.hf_model)
     if behavior is not None:
         behavior = with_prompt_count(behavior, n, prompts_n)
         behavior.check(b.tokenizer, context, generator=declared.get(behavior.task or ""))

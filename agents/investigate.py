@@ -54,7 +54,7 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
     loaded = loaded if loaded is not None else _load(load_model, model, remote)
     context = getattr(loaded.hf_model.config, "max_position_embeddings", None)
     declared = declared_tasks(loaded.source)
-    prompts_n = n or default_prompt_count(_parameters(loaded))
+    prompts_n = n or default_prompt_count(loaded.hf_model)
     if behavior is not None:
         behavior = with_prompt_count(behavior, n, prompts_n)
         behavior.check(loaded.tokenizer, context, generator=declared.get(behavior.task or ""))
@@ -114,10 +114,6 @@ def _load(load_model, name: str, remote: bool):
 
         loaded = loaded.with_backend(NDIFBackend())
     return loaded
-
-
-def _parameters(loaded) -> int:
-    return sum(p.numel() for p in loaded.hf_model.parameters())
 
 
 def make_brain(name: str, llm: "LLMSettings | None" = None):
