@@ -183,13 +183,9 @@ def grow_circuit(run: "Run", model: "LoadedModel", prompts: PromptPairs, order: 
 
     def score(size: int) -> float | None:
         if size not in tried:
-            by_size[size] = {}
-            for method in methods:
-                result = run.experiment(model, AblationSpec(prompts=prompts, components=tuple(order[:size]),
-                                                            mode="keep", method=method, universe=universe,
-                                                            positions=positions))
-                evidence.append(result.key)
-                by_size[size][method] = result.faithfulness
+            by_size[size], keys = keep_faithfulness(run, model, prompts, order[:size], methods=methods,
+                                                    universe=universe, positions=positions)
+            evidence.extend(keys)
             values = list(by_size[size].values())
             tried[size] = None if any(v is None for v in values) else min(values)
         return tried[size]
@@ -229,6 +225,22 @@ def grow_circuit(run: "Run", model: "LoadedModel", prompts: PromptPairs, order: 
                          target=target, reached=tried[found] is not None and tried[found] >= target,
                          tried=tuple(tried.items()), methods=tuple(methods), universe=universe,
                          positions=positions, evidence=tuple(evidence))
+
+
+def keep_faithfulness(run: "Run", model: "LoadedModel", prompts: PromptPairs, components: Sequence[str], *,
+                      methods: Sequence[Literal["mean", "resample", "zero"]] = ("resample", "mean"),
+                      universe: Universe = ("head", "mlp"), positions: tuple[int, ...] | None = None
+                      ) -> tuple[dict[str, float | None], list[str]]:
+    """The faithfulness of ``components`` alone under each ablation method (one cached ablation
+    each, in ``keep`` mode) and the experiment keys, in the order of ``methods``."""
+    out: dict[str, float | None] = {}
+    keys = []
+    for method in methods:
+        result = run.experiment(model, AblationSpec(prompts=prompts, components=tuple(components), mode="keep",
+                                                    method=method, universe=universe, positions=positions))
+        keys.append(result.key)
+        out[method] = result.faithfulness
+    return out, keys
 
 
 def _clear_of_zero(result: "ExperimentResult", universe: Universe, z: float = 2.576) -> dict[str, bool]:

@@ -33,37 +33,32 @@ from typing import TYPE_CHECKING, Any, Sequence
 from agents.behavior import BehaviorSpec
 from agents.claims import SetClaim
 from agents.critic import examine_claim, verdict_for
+from agents.localize import keep_faithfulness
 from agents.steps import Toolbox, ToolboxRun
 from evals.keys.schema import load_key
-from evals.score import recall_precision
+from evals.score import recall_precision, reported_components
 from memory.runstore import RunStore
 from memory.workspace import Workspace
 from tools.errors import UserInputError
-from tools.experiments import AblationSpec
 from tools.stats import holm
 
 if TYPE_CHECKING:
-    from memory.records import Claim
     from tools.experiments.prompts import PromptPairs
     from tools.loading import LoadedModel
-
-METHODS = ("resample", "mean")
-
 
 def prune(run: ToolboxRun, model: "LoadedModel", prompts: "PromptPairs", circuit: Sequence[str], *,
           positions: tuple[int, ...] | None, target: float = 0.8, two_sided: bool = False
           ) -> tuple[tuple[str, ...], list[tuple[str, float | None, bool]]]:
     """``circuit`` pruned backwards (its last, lowest-ranked component first), and each trial:
-    (the component dropped, the smallest faithfulness over `METHODS` without it, kept dropped)."""
+    (the component dropped, the smallest faithfulness over resample and mean ablation without
+    it — `agents.localize.keep_faithfulness`, as circuit growth measures —, kept dropped)."""
     current = list(circuit)
     trials = []
     for component in reversed(circuit):
         if len(current) == 1:
             break
         rest = [c for c in current if c != component]
-        values = [run.experiment(model, AblationSpec(prompts=prompts, components=tuple(rest), mode="keep", method=m,
-                                                     universe=("head", "mlp"), positions=positions)).faithfulness
-                  for m in METHODS]
+        values = list(keep_faithfulness(run, model, prompts, rest, positions=positions)[0].values())
         low = None if any(v is None for v in values) else min(values)
         ok = low is not None and low >= target and (not two_sided or max(values) <= 2 - target)
         trials.append((component, low, ok))
@@ -78,10 +73,10 @@ def study_run(entry: dict[str, Any], key: set[str], model: "LoadedModel", scratc
     with Workspace.open(entry["workspace"]) as ws:
         stored = RunStore(ws).open(entry["run_id"])
         claims, settings = stored.claims(), stored.record.settings
-    before = {c for claim in claims if claim.verdict == "supported" for c in claim.components}
+    before = set(reported_components(claims))
+    recall, precision = recall_precision(before, key)
     row: dict[str, Any] = {"workspace": entry["workspace"], "run_id": entry["run_id"], "key": len(key),
-                           "reported_before": len(before), "precision_before": recall_precision(before, key)[1],
-                           "recall_before": recall_precision(before, key)[0]}
+                           "reported_before": len(before), "recall_before": recall, "precision_before": precision}
     circuit_claims = [c for c in claims if c.id.startswith("circuit-")]
     faithful = [c for c in circuit_claims if c.details.get("kind") == "faithfulness" and c.verdict == "supported"]
     if not faithful:
@@ -111,17 +106,13 @@ def study_run(entry: dict[str, Any], key: set[str], model: "LoadedModel", scratc
     adjusted = holm([c.details["p_value"] for c in judged] + [t.p_value for t in tests])[len(judged):]
     verdicts = [verdict_for(t.model_copy(update={"adjusted_p": p})) for t, p in zip(tests, adjusted)]
     replaced = all(v == "supported" for v in verdicts)
-    after = _supported(others) | set(pruned) if replaced else before
+    after = set(reported_components(others)) | set(pruned) if replaced else before
     recall, precision = recall_precision(after, key)
     return {**row, "circuit": len(circuit), "pruned": len(pruned), "verdicts": verdicts,
             "pruned_faithfulness": tests[0].replication.estimate, "replaced": replaced,
             "reported_after": len(after), "recall_after": recall, "precision_after": precision,
             "key_pruned_away": sorted((set(circuit) - set(pruned)) & key), "pruning_calls": calls,
             "pruning_rows": rows, "agent_calls": entry["forward_passes"], "trials": trials}
-
-
-def _supported(claims: Sequence["Claim"]) -> set[str]:
-    return {c for claim in claims if claim.verdict == "supported" for c in claim.components}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
