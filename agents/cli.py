@@ -182,29 +182,37 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     # the benchmark lives with the evals (which may import everything); imported here only
-    from evals.harness import format_scoreboard, run_benchmark
-    from evals.questions import BENCHMARK, load_questions
+    from evals.harness import format_scoreboard, resume_plan, run_benchmark
+    from evals.questions import BENCHMARK, load_questions, select_questions
     from memory.runstore import new_run_id
     from tools.atomic import atomic_write_text
 
-    path = Path(args.questions) if args.questions else BENCHMARK
-    questions = load_questions(path)
-    if args.only:
-        questions = [q for q in questions if any(t in q.id or t in q.model for t in args.only)]
-        if not questions:
-            raise UserInputError(f"--only {' '.join(args.only)}: no question of {path} has that in its id or model")
-    llm = _llm_settings(args) if args.brain == "openai" else None
+    if args.resume:
+        given = [flag for flag, value in (("--questions", args.questions), ("--only", args.only),
+                                          ("--workspace", args.workspace)) if value]
+        if given:
+            raise UserInputError(f"--resume goes on with the eval's own questions and folder; drop {', '.join(given)}")
+        root = Path(args.resume).resolve()
+        plan, questions = resume_plan(root)
+        if args.brain is not None and args.brain != plan.brain:
+            raise UserInputError(f"--brain {args.brain}: the eval in {root} began with --brain {plan.brain}")
+        brain, path = plan.brain, Path(plan.questions_file)
+    else:
+        plan, brain = None, args.brain or "heuristic"
+        path = Path(args.questions) if args.questions else BENCHMARK
+        questions = select_questions(load_questions(path), args.only or (), path)
+        root = Path(args.workspace or "sleuth-eval") / new_run_id()
+        if root.parent.exists() and not root.parent.is_dir():
+            raise UserInputError(f"--workspace {root.parent} is a file, not a folder")
+    llm = _llm_settings(args) if brain == "openai" else None
     if args.threads is not None:
         if args.threads < 1:
             raise UserInputError(f"--threads must be at least 1, not {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
-    root = Path(args.workspace or "sleuth-eval") / new_run_id()
-    if root.parent.exists() and not root.parent.is_dir():
-        raise UserInputError(f"--workspace {root.parent} is a file, not a folder")
-    board = run_benchmark(questions, root=root, questions_file=str(path), brain=args.brain, llm=llm,
-                          log=lambda line: print(f"eval: {line}", file=sys.stderr, flush=True))
+    board = run_benchmark(questions, root=root, questions_file=path, brain=brain, llm=llm, only=args.only or (),
+                          resume=plan, log=lambda line: print(f"eval: {line}", file=sys.stderr, flush=True))
     text = board.model_dump_json(indent=1)  # run_benchmark wrote it to root/scoreboard.json
     if args.out:
         atomic_write_text(Path(args.out), text + "\n")
@@ -212,7 +220,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(text)
     else:
         print(format_scoreboard(board))
-        print(f"\nscoreboard: {root / 'scoreboard.json'}")
+        print(f"\nscoreboard: {Path(board.workspace) / 'scoreboard.json'}")
     return 0
 
 
@@ -406,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
         writer.set_defaults(func=command)
 
     e = sub.add_parser("eval", help="the benchmark: investigations scored against answer keys, with baselines")
-    e.add_argument("--brain", default="heuristic", choices=("heuristic", "openai"),
-                   help="who plans the investigations (default heuristic)")
+    e.add_argument("--brain", default=None, choices=("heuristic", "openai"),
+                   help="who plans the investigations (default heuristic; with --resume, the eval's own)")
     e.add_argument("--questions", default=None, metavar="FILE",
                    help="a question file with answer keys (YAML/JSON; default: the shipped benchmark)")
     e.add_argument("--only", nargs="+", metavar="TEXT",
@@ -415,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workspace", default=None, metavar="DIR",
                    help="where each eval makes a folder of its investigations and scoreboard.json "
                    "(default ./sleuth-eval)")
+    e.add_argument("--resume", default=None, metavar="DIR",
+                   help="go on with a stopped eval: DIR is its folder (the one holding eval.json); runs it scored "
+                   "are kept, the others run again from scratch")
     e.add_argument("--out", default=None, metavar="FILE", help="also write the scoreboard JSON here")
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     e.add_argument("--llm-model", default=None, help="openai brain: the model")

@@ -15,6 +15,14 @@ For each question of a question file (`evals.questions`) and each of its seeds:
 4. run the baselines (`evals.baselines`) on the investigation's own discovery prompts and
    score them the same way.
 
+An eval survives being killed: before the first investigation it writes what it was asked
+(``eval.json``, `EvalPlan`), and each finished run's score goes to ``scores/<id>-seed<N>.json``
+as soon as it is measured. ``sleuth eval --resume DIR`` (`resume_plan`) re-reads the question
+file, refuses if any question changed since, keeps every finished run and re-runs the others
+from scratch in a fresh workspace (a run the kill cut short is set aside as
+``<id>-seed<N>.interrupted``, never deleted, and is not continued: its forward passes before
+the kill were never counted, so its cost could not be scored).
+
 The scoreboard (`Scoreboard`) averages runs over seeds per question and questions over the
 file; ``forward_pass_ratio`` is the agent's forward passes over the exhaustive baseline's,
 both counted by the same counter in the same process.
@@ -22,15 +30,20 @@ both counted by the same counter in the same process.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
+import os
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from evals.baselines import BaselineRun, counting, draw_random, run_attribution_topk, run_exhaustive
 from evals.keys.schema import KeyMethod
-from evals.questions import BenchmarkQuestion
+from evals.questions import BenchmarkQuestion, load_questions, select_questions
 from evals.remeasure import measure_claim, measure_set
 from evals.score import (
     ReportedClaim,
@@ -41,7 +54,7 @@ from evals.score import (
     reported_edges,
     verdict_accuracy,
 )
-from tools.errors import SpecError, UserInputError
+from tools.errors import SpecError, StorageError, UserInputError
 
 if TYPE_CHECKING:
     from agents.llm.settings import LLMSettings
@@ -59,6 +72,8 @@ run of a planted question asked with at least `PLANTED_SEEDS` seeds)."""
 PLANTED_SEEDS = 5
 RANDOM_DRAWS = 3
 """Random baseline: draws per run (recall, precision and faithfulness are their mean)."""
+PLAN_FILE = "eval.json"
+SCORES_DIR = "scores"
 
 
 class _Model(BaseModel):
@@ -155,32 +170,140 @@ class Scoreboard(_Model):
     questions_file: str
     workspace: str
     created_at: str
+    resumed_at: tuple[str, ...] = ()
+    """When ``sleuth eval --resume`` went on with this eval (empty: it ran in one go)."""
     questions: tuple[QuestionScore, ...]
     summary: dict[str, Any]
     baselines: dict[str, dict[str, Any]]
 
 
-def run_benchmark(questions: Sequence[BenchmarkQuestion], *, root: Path, questions_file: str,
+class EvalPlan(_Model):
+    """What an eval was asked (``eval.json``, written before its first investigation): what
+    ``sleuth eval --resume`` reads to go on after a kill."""
+
+    questions_file: str
+    """Absolute path of the question file."""
+    only: tuple[str, ...] = ()
+    """``--only`` filters, as given."""
+    brain: str
+    created_at: str
+    resumed_at: tuple[str, ...] = ()
+    questions: tuple[tuple[str, str], ...]
+    """(id, fingerprint) of every question to run, in order (`question_fingerprint`)."""
+
+
+def question_fingerprint(q: BenchmarkQuestion) -> str:
+    """A digest of everything a run's score depends on: the question, its model, its key (every
+    field) and the bytes of its spec file."""
+    spec = q.spec_path.read_bytes().hex() if q.spec_path is not None and q.spec_path.is_file() else None
+    data = {"question": q.question.model_dump(mode="json"), "model": q.model,
+            "key": q.key.model_dump(mode="json"), "spec": spec}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def new_plan(questions: Sequence[BenchmarkQuestion], *, questions_file: Path, only: Sequence[str] = (),
+             brain: str) -> EvalPlan:
+    return EvalPlan(questions_file=str(questions_file.resolve()), only=tuple(only), brain=brain,
+                    created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    questions=tuple((q.id, question_fingerprint(q)) for q in questions))
+
+
+def resume_plan(root: Path) -> tuple[EvalPlan, list[BenchmarkQuestion]]:
+    """The plan of the eval in ``root`` and its questions, re-read from its question file.
+
+    Raises:
+        UserInputError: one line, when ``root`` holds no eval, its plan is damaged, or the
+            question file (or a key or spec file it names) changed since the eval began.
+    """
+    from pydantic import ValidationError
+
+    path = root / PLAN_FILE
+    if not path.is_file():
+        raise UserInputError(f"--resume {root}: no {PLAN_FILE} there; give the folder sleuth eval named "
+                             "(it holds eval.json, scoreboard.json and one folder per investigation)")
+    try:
+        plan = EvalPlan.model_validate_json(path.read_bytes())
+    except (ValidationError, ValueError, OSError):
+        raise UserInputError(f"{path}: damaged, not an eval plan sleuth eval wrote") from None
+    questions = select_questions(load_questions(plan.questions_file), plan.only, plan.questions_file)
+    now = [(q.id, question_fingerprint(q)) for q in questions]
+    if now != list(plan.questions):
+        before, after = dict(plan.questions), dict(now)
+        changed = ([i for i, _ in plan.questions if i not in after] + [i for i, _ in now if i not in before]
+                   + [i for i, f in now if before.get(i, f) != f])
+        what = f"question {changed[0]}" if changed else "the order of its questions"
+        raise UserInputError(f"{plan.questions_file}: {what} changed since the eval in {root} began "
+                             f"({plan.created_at}), so it cannot go on; start a new eval")
+    return plan, questions
+
+
+def run_benchmark(questions: Sequence[BenchmarkQuestion], *, root: Path, questions_file: str | Path,
                   brain: str = "heuristic", llm: "LLMSettings | None" = None,
-                  log: Callable[[str], None] | None = None) -> Scoreboard:
+                  log: Callable[[str], None] | None = None, only: Sequence[str] = (),
+                  resume: EvalPlan | None = None) -> Scoreboard:
     """Run and score every question (see the module docstring); investigations go under ``root``,
-    and ``root/scoreboard.json`` is rewritten after every question (a long eval that dies keeps
-    what it finished)."""
-    from agents.positions import scope_positions
-    from tools.atomic import atomic_write_text
+    and ``root/scoreboard.json`` is rewritten after every question. With ``resume`` (the plan
+    `resume_plan` read from ``root``), runs already scored are kept and the rest run again.
+    One process at a time works in ``root`` (an flock on ``root/.lock``).
+
+    Raises:
+        UserInputError: another process holds ``root`` (an eval still running there).
+    """
     from tools.loading import load_model
 
     if not questions:
         raise UserInputError("no questions to run")
     say = log or (lambda text: None)
-    models: dict[str, "LoadedModel"] = {}
-    for q in questions:  # every model loads and every key fits it before anything runs
-        if q.model not in models:
-            say(f"loading {q.model}")
-            models[q.model] = load_model(q.model)
-        q.key.check_model(models[q.model])
-    root.mkdir(parents=True, exist_ok=True)
-    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    root = root.resolve()
+    with ExitStack() as held:
+        if resume is not None:  # refused before the models load when the eval still runs
+            held.enter_context(_hold(root))
+        models: dict[str, "LoadedModel"] = {}
+        for q in questions:  # every model loads and every key fits it before anything runs
+            if q.model not in models:
+                say(f"loading {q.model}")
+                models[q.model] = load_model(q.model)
+            q.key.check_model(models[q.model])
+        if resume is None:
+            plan = new_plan(questions, questions_file=Path(questions_file), only=only, brain=brain)
+            root.mkdir(parents=True, exist_ok=True)
+            held.enter_context(_hold(root))
+        else:
+            plan = resume.model_copy(update={"resumed_at": (*resume.resumed_at, time.strftime("%Y-%m-%dT%H:%M:%S%z"))})
+        return _score_all(questions, models, plan, root=root, resuming=resume is not None, brain=brain, llm=llm,
+                          say=say)
+
+
+@contextmanager
+def _hold(root: Path) -> Iterator[None]:
+    """Hold ``root/.lock`` (flock) while an eval works in ``root``."""
+    lock = root / ".lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise StorageError(f"cannot lock {lock}: {error.strerror or error}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock.read_text(encoding="utf-8", errors="replace").strip() or "holder unknown"
+            raise UserInputError(f"the eval in {root} is still running ({holder}); stop it before "
+                                 "resuming it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _score_all(questions: Sequence[BenchmarkQuestion], models: dict[str, "LoadedModel"], plan: EvalPlan, *,
+               root: Path, resuming: bool, brain: str, llm: "LLMSettings | None",
+               say: Callable[[str], None]) -> Scoreboard:
+    from agents.positions import scope_positions
+    from tools.atomic import atomic_write_text
+
+    atomic_write_text(root / PLAN_FILE, plan.model_dump_json(indent=1) + "\n")
+    say(f"writing under {root} (if this eval is stopped: sleuth eval --resume {root})")
     scored = []
     for q in questions:
         model = models[q.model]
@@ -188,19 +311,62 @@ def run_benchmark(questions: Sequence[BenchmarkQuestion], *, root: Path, questio
         scope = scope_positions(model, key_prompts)
         runs = []
         for seed in q.question.seeds:
+            scores = root / SCORES_DIR / f"{q.id}-seed{seed}.json"
+            finished = _finished_run(scores, seed, say) if resuming else None
+            if finished is not None:
+                say(f"{q.id} (seed {seed}): scored before the eval was stopped; kept")
+                runs.append(finished)
+                continue
+            if resuming:
+                _set_aside(root / f"{q.id}-seed{seed}", say)
             say(f"{q.id} (seed {seed}): investigating {q.model}")
             runs.append(score_run(q, seed, model, key_prompts, scope, root=root, brain=brain, llm=llm))
             r = runs[-1]
+            scores.parent.mkdir(exist_ok=True)
+            atomic_write_text(scores, r.model_dump_json(indent=1) + "\n")
             if r.error:
                 say(f"{q.id} (seed {seed}): the investigation stopped: {r.error}")
             say(f"{q.id} (seed {seed}): {r.status}, recall {_fmt(r.recall)}, precision {_fmt(r.precision)}, "
                 f"verdicts {_fmt(r.verdict_accuracy)}, faithful {_fmt(r.faithfulness)}, "
                 f"{r.forward_passes} forward passes ({_fmt(r.forward_pass_ratio)} of exhaustive), {r.wall_s:.1f} s")
         scored.append(summarise_question(q, runs))
-        board = Scoreboard(brain=brain, questions_file=questions_file, workspace=str(root), created_at=created,
-                           questions=tuple(scored), summary=summarise(scored), baselines=summarise_baselines(scored))
+        board = Scoreboard(brain=plan.brain, questions_file=plan.questions_file, workspace=str(root),
+                           created_at=plan.created_at, resumed_at=plan.resumed_at, questions=tuple(scored),
+                           summary=summarise(scored), baselines=summarise_baselines(scored))
         atomic_write_text(root / "scoreboard.json", board.model_dump_json(indent=1) + "\n")
     return board
+
+
+def _finished_run(path: Path, seed: int, say: Callable[[str], None]) -> RunScore | None:
+    """The score a run wrote before the eval was stopped; None when it has none (a damaged one is
+    set aside as ``*.damaged`` and the run counts as unfinished)."""
+    from pydantic import ValidationError
+
+    if not path.is_file():
+        return None
+    try:
+        score = RunScore.model_validate_json(path.read_bytes())
+    except (ValidationError, ValueError, OSError):
+        score = None
+    if score is not None and score.seed == seed:
+        return score
+    say(f"{path}: damaged; set aside as {_set_aside(path, say, suffix='damaged').name}, the run goes again")
+    return None
+
+
+def _set_aside(path: Path, say: Callable[[str], None], *, suffix: str = "interrupted") -> Path:
+    """Rename ``path`` (a run the stop cut short, or a damaged score) out of the way, never over
+    anything: ``<name>.<suffix>``, else ``<name>.<suffix>-2``, ..."""
+    if not path.exists():
+        return path
+    n, target = 1, path.with_name(f"{path.name}.{suffix}")
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.{suffix}-{n}")
+    path.rename(target)
+    if suffix == "interrupted":
+        say(f"{path.name}: cut short when the eval was stopped; set aside as {target.name}, run again afresh")
+    return target
 
 
 def score_run(q: BenchmarkQuestion, seed: int, model: "LoadedModel", key_prompts: "PromptPairs",

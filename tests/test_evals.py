@@ -1,10 +1,16 @@
 """The benchmark: a brute-force key recomputed equals the shipped one; scores on a report whose
 right answer is counted by hand; `sleuth eval` end to end (heuristic and openai brains); bad
-question files -> one line, exit 2."""
+question files -> one line, exit 2; a killed eval resumed with `--resume`."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -271,3 +277,76 @@ questions:
     assert ok["status"] == "answered" and ok["error"] is None and ok["baselines"]
     assert board["summary"]["errors"] == 1
     assert board["questions"][0]["recall"] == pytest.approx((0.0 + ok["recall"]) / 2)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def test_a_killed_eval_resumes_keeping_the_runs_it_scored_and_rerunning_the_cut_one_afresh(tmp_path, capsys):
+    questions = _write(tmp_path / "q.yaml", """
+questions:
+  - id: pronoun
+    question: "How does the model pick the right pronoun after a name?"
+    key: default-pronoun
+    seeds: [0, 1, 2]
+    n: 8
+    judge_n: 16
+""")
+    child = subprocess.Popen([sys.executable, "-m", "agents.cli", "eval", "--questions", str(questions),
+                              "--workspace", str(tmp_path / "ev"), "--threads", "1", "--json"],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline, cut = time.monotonic() + 300, None
+    try:  # kill it once seed 0 is scored and seed 1's investigation has stored something
+        while time.monotonic() < deadline and child.poll() is None:
+            cut = next((tmp_path / "ev").glob("*/pronoun-seed1/runs/*/run.json"), None)
+            if cut is not None:
+                os.kill(child.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL and cut is not None, "the eval finished before the kill"
+    (root,) = (tmp_path / "ev").iterdir()
+    kept = (root / "scores" / "pronoun-seed0.json").read_bytes()
+    assert not (root / "scores" / "pronoun-seed1.json").exists()
+    cut_short = _files(root / "pronoun-seed1")
+
+    # bad input: one line, exit 2, and nothing in the eval's folder changes
+    before = _files(root)
+    original = questions.read_text()
+    questions.write_text(original.replace("judge_n: 16", "judge_n: 20"))
+    for argv, problem in ((["--resume", str(root)], "question pronoun changed since the eval"),
+                          (["--resume", str(root), "--only", "pronoun"], "drop --only"),
+                          (["--resume", str(tmp_path)], "no eval.json there")):
+        assert sleuth(["eval", *argv]) == 2
+        err = capsys.readouterr().err
+        assert problem in err and len(err.strip().splitlines()) == 1, err
+    questions.write_text(original)
+    with open(root / ".lock", "a") as held:  # as while the eval still runs
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert sleuth(["eval", "--resume", str(root)]) == 2
+        err = capsys.readouterr().err
+        assert f"the eval in {root} is still running" in err and len(err.strip().splitlines()) == 1, err
+    assert _files(root) == before
+
+    board = _eval(capsys, "--resume", str(root))
+    (q,) = board["questions"]
+    assert [r["seed"] for r in q["runs"]] == [0, 1, 2] and len(board["resumed_at"]) == 1
+    assert board["workspace"] == str(root) and board["questions_file"] == str(questions.resolve())
+    # seed 0 kept as scored before the kill; seed 1's cut-short run set aside untouched
+    assert json.loads(kept) == q["runs"][0] and (root / "scores" / "pronoun-seed0.json").read_bytes() == kept
+    assert _files(root / "pronoun-seed1.interrupted") == cut_short
+    # seeds 1 and 2 ran whole, each alone in a fresh workspace: each counted every forward pass it made
+    for run in q["runs"][1:]:
+        (record,) = [json.loads(p.read_text()) for p in Path(run["workspace"]).glob("runs/*/run.json")]
+        assert run["status"] == "answered" and record["id"] == run["run_id"]
+        assert run["forward_passes"] == record["cost"]["forward_passes"] > 0
+        assert json.loads((root / "scores" / f"pronoun-seed{run['seed']}.json").read_text()) == run
+    assert json.loads((root / "scoreboard.json").read_text()) == board

@@ -27,6 +27,7 @@ line naming the file and the question.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -120,3 +121,17 @@ def load_questions(path: str | Path) -> list[BenchmarkQuestion]:
         out.append(BenchmarkQuestion(question=question, key=key, spec_path=spec_path,
                                      model=question.model or key.model))
     return out
+
+
+def select_questions(questions: list[BenchmarkQuestion], only: Sequence[str], path: str | Path) -> list[BenchmarkQuestion]:
+    """The questions whose id or model contains one of ``only`` (all of them when it is empty).
+
+    Raises:
+        UserInputError: when ``only`` keeps none.
+    """
+    if not only:
+        return list(questions)
+    kept = [q for q in questions if any(t in q.id or t in q.model for t in only)]
+    if not kept:
+        raise UserInputError(f"--only {' '.join(only)}: no question of {path} has that in its id or model")
+    return kept
