@@ -350,3 +350,27 @@ questions:
         assert run["forward_passes"] == record["cost"]["forward_passes"] > 0
         assert json.loads((root / "scores" / f"pronoun-seed{run['seed']}.json").read_text()) == run
     assert json.loads((root / "scoreboard.json").read_text()) == board
+
+
+def test_compare_boards_skips_only_what_differs_between_runs_and_names_every_changed_score(tmp_path, capsys):
+    from evals.compare_boards import main as compare_boards
+
+    run = {"seed": 0, "run_id": "a", "wall_s": 1.5, "workspace": "/x", "recall": 0.5, "reported": ["mlp.0"]}
+    board = {"created_at": "t0", "questions_file": "q.yaml", "questions": [{"id": "q", "runs": [run]}],
+             "summary": {"recall": 0.5}}
+    again = json.loads(json.dumps(board))
+    again["questions"][0]["runs"][0].update(run_id="b", wall_s=9.0, workspace="/y")
+    again.update(created_at="t1", resumed_at=["t2"])
+    a, b = _write(tmp_path / "a.json", json.dumps(board)), _write(tmp_path / "b.json", json.dumps(again))
+    assert compare_boards([str(a), str(b), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"compared": 5, "differ": []}
+    again["questions"][0]["runs"][0]["reported"].append("mlp.1")
+    again["summary"]["recall"] = 0.75
+    _write(b, json.dumps(again))
+    assert compare_boards([str(a), str(b), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["differ"] == [
+        {"field": "questions[0].runs[0].reported", "a": ["mlp.0"], "b": ["mlp.0", "mlp.1"]},
+        {"field": "summary.recall", "a": 0.5, "b": 0.75}]
+    assert compare_boards([str(a), str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.json" in err and len(err.strip().splitlines()) == 1
