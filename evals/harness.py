@@ -30,7 +30,6 @@ both counted by the same counter in the same process.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -54,7 +53,7 @@ from evals.score import (
     reported_edges,
     verdict_accuracy,
 )
-from tools.errors import SpecError, StorageError, UserInputError
+from tools.errors import SpecError, UserInputError
 
 if TYPE_CHECKING:
     from agents.llm.settings import LLMSettings
@@ -201,10 +200,14 @@ def question_fingerprint(q: BenchmarkQuestion) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 def new_plan(questions: Sequence[BenchmarkQuestion], *, questions_file: Path, only: Sequence[str] = (),
              brain: str) -> EvalPlan:
     return EvalPlan(questions_file=str(questions_file.resolve()), only=tuple(only), brain=brain,
-                    created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    created_at=_now(),
                     questions=tuple((q.id, question_fingerprint(q)) for q in questions))
 
 
@@ -243,7 +246,8 @@ def run_benchmark(questions: Sequence[BenchmarkQuestion], *, root: Path, questio
                   resume: EvalPlan | None = None) -> Scoreboard:
     """Run and score every question (see the module docstring); investigations go under ``root``,
     and ``root/scoreboard.json`` is rewritten after every question. With ``resume`` (the plan
-    `resume_plan` read from ``root``), runs already scored are kept and the rest run again.
+    `resume_plan` read from ``root``; its brain is the eval's), runs already scored are kept and
+    the rest run again.
     One process at a time works in ``root`` (an flock on ``root/.lock``).
 
     Raises:
@@ -269,36 +273,25 @@ def run_benchmark(questions: Sequence[BenchmarkQuestion], *, root: Path, questio
             root.mkdir(parents=True, exist_ok=True)
             held.enter_context(_hold(root))
         else:
-            plan = resume.model_copy(update={"resumed_at": (*resume.resumed_at, time.strftime("%Y-%m-%dT%H:%M:%S%z"))})
-        return _score_all(questions, models, plan, root=root, resuming=resume is not None, brain=brain, llm=llm,
-                          say=say)
+            plan = resume.model_copy(update={"resumed_at": (*resume.resumed_at, _now())})
+        return _score_all(questions, models, plan, root=root, resuming=resume is not None, llm=llm, say=say)
 
 
 @contextmanager
 def _hold(root: Path) -> Iterator[None]:
     """Hold ``root/.lock`` (flock) while an eval works in ``root``."""
-    lock = root / ".lock"
+    from memory.workspace import acquire_lock
+
+    fd = acquire_lock(root, 0, busy=lambda holder: f"the eval in {root} is still running ({holder}); "
+                                                   "stop it before resuming it")
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as error:
-        raise StorageError(f"cannot lock {lock}: {error.strerror or error}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = lock.read_text(encoding="utf-8", errors="replace").strip() or "holder unknown"
-            raise UserInputError(f"the eval in {root} is still running ({holder}); stop it before "
-                                 "resuming it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the flock
 
 
 def _score_all(questions: Sequence[BenchmarkQuestion], models: dict[str, "LoadedModel"], plan: EvalPlan, *,
-               root: Path, resuming: bool, brain: str, llm: "LLMSettings | None",
-               say: Callable[[str], None]) -> Scoreboard:
+               root: Path, resuming: bool, llm: "LLMSettings | None", say: Callable[[str], None]) -> Scoreboard:
     from agents.positions import scope_positions
     from tools.atomic import atomic_write_text
 
@@ -317,10 +310,12 @@ def _score_all(questions: Sequence[BenchmarkQuestion], models: dict[str, "Loaded
                 say(f"{q.id} (seed {seed}): scored before the eval was stopped; kept")
                 runs.append(finished)
                 continue
-            if resuming:
-                _set_aside(root / f"{q.id}-seed{seed}", say)
+            cut = _set_aside(root / f"{q.id}-seed{seed}", "interrupted") if resuming else None
+            if cut is not None:
+                say(f"{q.id}-seed{seed}: cut short when the eval was stopped; set aside as {cut.name}, "
+                    "run again afresh")
             say(f"{q.id} (seed {seed}): investigating {q.model}")
-            runs.append(score_run(q, seed, model, key_prompts, scope, root=root, brain=brain, llm=llm))
+            runs.append(score_run(q, seed, model, key_prompts, scope, root=root, brain=plan.brain, llm=llm))
             r = runs[-1]
             scores.parent.mkdir(exist_ok=True)
             atomic_write_text(scores, r.model_dump_json(indent=1) + "\n")
@@ -350,22 +345,20 @@ def _finished_run(path: Path, seed: int, say: Callable[[str], None]) -> RunScore
         score = None
     if score is not None and score.seed == seed:
         return score
-    say(f"{path}: damaged; set aside as {_set_aside(path, say, suffix='damaged').name}, the run goes again")
+    say(f"{path}: damaged; set aside as {_set_aside(path, 'damaged').name}, the run goes again")
     return None
 
 
-def _set_aside(path: Path, say: Callable[[str], None], *, suffix: str = "interrupted") -> Path:
-    """Rename ``path`` (a run the stop cut short, or a damaged score) out of the way, never over
-    anything: ``<name>.<suffix>``, else ``<name>.<suffix>-2``, ..."""
+def _set_aside(path: Path, suffix: str) -> Path | None:
+    """Rename ``path`` out of the way, never over anything: ``<name>.<suffix>``, else
+    ``<name>.<suffix>-2``, ...; the new path, or None when there was nothing to move."""
     if not path.exists():
-        return path
+        return None
     n, target = 1, path.with_name(f"{path.name}.{suffix}")
     while target.exists():
         n += 1
         target = path.with_name(f"{path.name}.{suffix}-{n}")
     path.rename(target)
-    if suffix == "interrupted":
-        say(f"{path.name}: cut short when the eval was stopped; set aside as {target.name}, run again afresh")
     return target
 
 

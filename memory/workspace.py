@@ -27,6 +27,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Callable
 
 from tools.atomic import atomic_write_json
 from tools.errors import StorageError
@@ -114,7 +115,7 @@ class Workspace:
                                "choose an empty or new folder")
         if not writer:
             return cls(root, writer=False)
-        fd = _acquire_lock(root, lock_timeout(timeout))
+        fd = acquire_lock(root, lock_timeout(timeout))
         try:
             if not marker.exists():
                 atomic_write_json(marker, {"format": FORMAT})
@@ -158,7 +159,15 @@ def _probe_writable(root: Path) -> None:
     probe.unlink()
 
 
-def _acquire_lock(root: Path, timeout: float) -> int:
+def acquire_lock(root: Path, timeout: float, *, busy: Callable[[str], str] | None = None) -> int:
+    """An exclusive flock on ``root/.lock``, waiting up to ``timeout`` seconds; the open
+    descriptor (closing it releases the lock). The holder's note (pid, host, since) goes into
+    the file for whoever waits next.
+
+    Raises:
+        StorageError: the folder is not writable, or another holder kept the lock past
+            ``timeout`` (``busy(holder note)`` words the message; default: a workspace's).
+    """
     lock_path = root / ".lock"
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -173,10 +182,10 @@ def _acquire_lock(root: Path, timeout: float) -> int:
             if time.monotonic() >= deadline:
                 holder = _read_holder(lock_path)
                 os.close(fd)
-                raise StorageError(
+                raise StorageError(busy(holder) if busy is not None else (
                     f"workspace {root} is in use by another writer ({holder}); waited {timeout:g} s. "
                     f"Wait for it, use another --workspace, or share memory through a chroma server "
-                    f"(--chroma-url) with one workspace per investigation") from None
+                    f"(--chroma-url) with one workspace per investigation")) from None
             time.sleep(min(0.1, max(deadline - time.monotonic(), 0.01)))
         except OSError as e:
             os.close(fd)

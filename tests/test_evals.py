@@ -26,6 +26,7 @@ from evals.score import (
     reported_edges,
     verdict_accuracy,
 )
+from tests._files import stored_files
 from tests._scripted_llm import ScriptedLLM, playbook
 
 QUESTION_FIELDS = {"id", "recall", "precision", "verdict_accuracy", "faithfulness", "forward_passes", "wall_s"}
@@ -282,11 +283,6 @@ questions:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
-
-
 def test_a_killed_eval_resumes_keeping_the_runs_it_scored_and_rerunning_the_cut_one_afresh(tmp_path, capsys):
     questions = _write(tmp_path / "q.yaml", """
 questions:
@@ -316,10 +312,10 @@ questions:
     (root,) = (tmp_path / "ev").iterdir()
     kept = (root / "scores" / "pronoun-seed0.json").read_bytes()
     assert not (root / "scores" / "pronoun-seed1.json").exists()
-    cut_short = _files(root / "pronoun-seed1")
+    cut_short = stored_files(root / "pronoun-seed1")
 
     # bad input: one line, exit 2, and nothing in the eval's folder changes
-    before = _files(root)
+    before = stored_files(root)
     original = questions.read_text()
     questions.write_text(original.replace("judge_n: 16", "judge_n: 20"))
     for argv, problem in ((["--resume", str(root)], "question pronoun changed since the eval"),
@@ -334,7 +330,7 @@ questions:
         assert sleuth(["eval", "--resume", str(root)]) == 2
         err = capsys.readouterr().err
         assert f"the eval in {root} is still running" in err and len(err.strip().splitlines()) == 1, err
-    assert _files(root) == before
+    assert stored_files(root) == before
 
     board = _eval(capsys, "--resume", str(root))
     (q,) = board["questions"]
@@ -342,7 +338,7 @@ questions:
     assert board["workspace"] == str(root) and board["questions_file"] == str(questions.resolve())
     # seed 0 kept as scored before the kill; seed 1's cut-short run set aside untouched
     assert json.loads(kept) == q["runs"][0] and (root / "scores" / "pronoun-seed0.json").read_bytes() == kept
-    assert _files(root / "pronoun-seed1.interrupted") == cut_short
+    assert stored_files(root / "pronoun-seed1.interrupted") == cut_short
     # seeds 1 and 2 ran whole, each alone in a fresh workspace: each counted every forward pass it made
     for run in q["runs"][1:]:
         (record,) = [json.loads(p.read_text()) for p in Path(run["workspace"]).glob("runs/*/run.json")]

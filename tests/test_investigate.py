@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from agents.cli import main as sleuth
+from tests._files import stored_files
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Why does the model do indirect object identification?"
@@ -122,12 +123,6 @@ LONG = " ".join(["the"] * 80)  # the organism's context is 64 tokens
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
-def _tree(root: Path) -> dict[str, bytes]:
-    """Every stored file of a workspace (the lock file's holder note aside), with its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
-
-
 @pytest.fixture(scope="module")
 def stored(finished, tmp_path_factory):
     """A copy of a workspace holding one finished investigation, and its files."""
@@ -136,7 +131,7 @@ def stored(finished, tmp_path_factory):
     _, workspace = finished
     copy = tmp_path_factory.mktemp("stored") / "ws"
     shutil.copytree(workspace, copy)
-    return copy, _tree(copy / "runs"), _tree(copy / "cache")
+    return copy, stored_files(copy / "runs"), stored_files(copy / "cache")
 
 
 BAD_INPUTS = [
@@ -196,7 +191,7 @@ def test_bad_input_is_one_line_and_exit_2_and_leaves_the_workspace_intact(stored
     err = capfd.readouterr().err
     assert err.startswith("sleuth: error: ") and err.count("\n") == 1 and message in err, err
     assert "Traceback" not in err
-    assert _tree(workspace / "runs") == runs and _tree(workspace / "cache") == cache
+    assert stored_files(workspace / "runs") == runs and stored_files(workspace / "cache") == cache
     assert sleuth(["runs", "--workspace", str(workspace)]) == 0 and "DAMAGED" not in capfd.readouterr().out
 
 
