@@ -183,13 +183,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     # the benchmark lives with the evals (which may import everything); imported here only
     from evals.harness import format_scoreboard, resume_plan, run_benchmark
-    from evals.questions import BENCHMARK, load_questions, select_questions
+    from evals.questions import BENCHMARK, load_questions, select_questions, shift_seeds
     from memory.runstore import new_run_id
     from tools.atomic import atomic_write_text
 
     if args.resume:
         given = [flag for flag, value in (("--questions", args.questions), ("--only", args.only),
-                                          ("--workspace", args.workspace)) if value]
+                                          ("--workspace", args.workspace),
+                                          ("--seed-shift", args.seed_shift is not None)) if value]
         if given:
             raise UserInputError(f"--resume goes on with the eval's own questions and folder; drop {', '.join(given)}")
         root = Path(args.resume).resolve()
@@ -200,7 +201,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         plan, brain = None, args.brain or "heuristic"
         path = Path(args.questions) if args.questions else BENCHMARK
-        questions = select_questions(load_questions(path), args.only or (), path)
+        questions = shift_seeds(select_questions(load_questions(path), args.only or (), path), args.seed_shift or 0)
         root = Path(args.workspace or "sleuth-eval") / new_run_id()
         if root.parent.exists() and not root.parent.is_dir():
             raise UserInputError(f"--workspace {root.parent} is a file, not a folder")
@@ -212,7 +213,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     board = run_benchmark(questions, root=root, questions_file=path, brain=brain, llm=llm, only=args.only or (),
-                          resume=plan, log=lambda line: print(f"eval: {line}", file=sys.stderr, flush=True))
+                          seed_shift=args.seed_shift or 0, resume=plan,
+                          log=lambda line: print(f"eval: {line}", file=sys.stderr, flush=True))
     text = board.model_dump_json(indent=1)  # run_benchmark wrote it to root/scoreboard.json
     if args.out:
         atomic_write_text(Path(args.out), text + "\n")
@@ -420,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a question file with answer keys (YAML/JSON; default: the shipped benchmark)")
     e.add_argument("--only", nargs="+", metavar="TEXT",
                    help="only questions whose id or model contains one of these (e.g. organism, gemma)")
+    e.add_argument("--seed-shift", type=int, default=None, metavar="K",
+                   help="ask every question again with other seeds: each question's seeds move by K times their "
+                   "span, so K = 1, 2, ... give disjoint seed sets (default 0: the question file's own)")
     e.add_argument("--workspace", default=None, metavar="DIR",
                    help="where each eval makes a folder of its investigations and scoreboard.json "
                    "(default ./sleuth-eval)")

@@ -1,7 +1,8 @@
 """Two scoreboards (``sleuth eval --json`` or ``scoreboard.json``) compared field by field.
 
 Everything is compared except what differs between two runs of the same eval by construction:
-run ids, wall times, workspace paths, the question file's path and the eval's timestamps. Used to
+run ids, wall times, workspace paths, the eval's timestamps, and the question file's path and
+``--seed-shift`` (the questions, seeds included, are compared one by one). Used to
 check that a change leaves every score as it was, or that a killed and resumed eval scores what
 an uninterrupted one does::
 
@@ -19,8 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-RUN_DEPENDENT = frozenset({"run_id", "wall_s", "workspace", "questions_file", "created_at", "resumed_at"})
-"""Fields that differ between two runs of one eval whatever the scores (skipped at every depth)."""
+RUN_DEPENDENT = frozenset({"run_id", "wall_s", "workspace", "questions_file", "created_at", "resumed_at",
+                           "seed_shift"})
+"""Fields that differ between two runs of one eval whatever the scores (skipped at every depth); the
+question file's path and ``seed_shift`` say how the questions were given, and the questions
+themselves (their text, key and seeds) are compared one by one."""
 
 
 def compare(a: Any, b: Any, path: str = "") -> tuple[int, list[tuple[str, Any, Any]]]:

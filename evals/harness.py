@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from evals.baselines import BaselineRun, counting, draw_random, run_attribution_topk, run_exhaustive
 from evals.keys.schema import KeyMethod
-from evals.questions import BenchmarkQuestion, load_questions, select_questions
+from evals.questions import BenchmarkQuestion, load_questions, select_questions, shift_seeds
 from evals.remeasure import measure_claim, measure_set
 from evals.score import (
     ReportedClaim,
@@ -168,6 +168,9 @@ class Scoreboard(_Model):
     brain: str
     questions_file: str
     workspace: str
+    seed_shift: int = 0
+    """``--seed-shift``: each question's seeds moved by this many spans (`shift_seeds`; 0: the
+    question file's own seeds)."""
     created_at: str
     resumed_at: tuple[str, ...] = ()
     """When ``sleuth eval --resume`` went on with this eval (empty: it ran in one go)."""
@@ -184,6 +187,8 @@ class EvalPlan(_Model):
     """Absolute path of the question file."""
     only: tuple[str, ...] = ()
     """``--only`` filters, as given."""
+    seed_shift: int = 0
+    """``--seed-shift``, as given."""
     brain: str
     created_at: str
     resumed_at: tuple[str, ...] = ()
@@ -205,9 +210,10 @@ def _now() -> str:
 
 
 def new_plan(questions: Sequence[BenchmarkQuestion], *, questions_file: Path, only: Sequence[str] = (),
-             brain: str) -> EvalPlan:
-    return EvalPlan(questions_file=str(questions_file.resolve()), only=tuple(only), brain=brain,
-                    created_at=_now(),
+             seed_shift: int = 0, brain: str) -> EvalPlan:
+    """The plan of a new eval of ``questions`` (their seeds already shifted by ``seed_shift``)."""
+    return EvalPlan(questions_file=str(questions_file.resolve()), only=tuple(only), seed_shift=seed_shift,
+                    brain=brain, created_at=_now(),
                     questions=tuple((q.id, question_fingerprint(q)) for q in questions))
 
 
@@ -228,7 +234,8 @@ def resume_plan(root: Path) -> tuple[EvalPlan, list[BenchmarkQuestion]]:
         plan = EvalPlan.model_validate_json(path.read_bytes())
     except (ValidationError, ValueError, OSError):
         raise UserInputError(f"{path}: damaged, not an eval plan sleuth eval wrote") from None
-    questions = select_questions(load_questions(plan.questions_file), plan.only, plan.questions_file)
+    questions = shift_seeds(select_questions(load_questions(plan.questions_file), plan.only, plan.questions_file),
+                            plan.seed_shift)
     now = [(q.id, question_fingerprint(q)) for q in questions]
     if now != list(plan.questions):
         before, after = dict(plan.questions), dict(now)
@@ -242,12 +249,13 @@ def resume_plan(root: Path) -> tuple[EvalPlan, list[BenchmarkQuestion]]:
 
 def run_benchmark(questions: Sequence[BenchmarkQuestion], *, root: Path, questions_file: str | Path,
                   brain: str = "heuristic", llm: "LLMSettings | None" = None,
-                  log: Callable[[str], None] | None = None, only: Sequence[str] = (),
+                  log: Callable[[str], None] | None = None, only: Sequence[str] = (), seed_shift: int = 0,
                   resume: EvalPlan | None = None) -> Scoreboard:
     """Run and score every question (see the module docstring); investigations go under ``root``,
     and ``root/scoreboard.json`` is rewritten after every question. With ``resume`` (the plan
     `resume_plan` read from ``root``; its brain is the eval's), runs already scored are kept and
-    the rest run again.
+    the rest run again. ``seed_shift`` is only recorded (in the plan and the scoreboard): the
+    questions come with their seeds already shifted (`shift_seeds`).
     One process at a time works in ``root`` (an flock on ``root/.lock``).
 
     Raises:
@@ -269,7 +277,8 @@ def run_benchmark(questions: Sequence[BenchmarkQuestion], *, root: Path, questio
                 models[q.model] = load_model(q.model)
             q.key.check_model(models[q.model])
         if resume is None:
-            plan = new_plan(questions, questions_file=Path(questions_file), only=only, brain=brain)
+            plan = new_plan(questions, questions_file=Path(questions_file), only=only, seed_shift=seed_shift,
+                            brain=brain)
             root.mkdir(parents=True, exist_ok=True)
             held.enter_context(_hold(root))
         else:
@@ -326,7 +335,7 @@ def _score_all(questions: Sequence[BenchmarkQuestion], models: dict[str, "Loaded
                 f"{r.forward_passes} forward passes ({_fmt(r.forward_pass_ratio)} of exhaustive), {r.wall_s:.1f} s")
         scored.append(summarise_question(q, runs))
         board = Scoreboard(brain=plan.brain, questions_file=plan.questions_file, workspace=str(root),
-                           created_at=plan.created_at, resumed_at=plan.resumed_at, questions=tuple(scored),
+                           seed_shift=plan.seed_shift, created_at=plan.created_at, resumed_at=plan.resumed_at, questions=tuple(scored),
                            summary=summarise(scored), baselines=summarise_baselines(scored))
         atomic_write_text(root / "scoreboard.json", board.model_dump_json(indent=1) + "\n")
     return board

@@ -77,22 +77,32 @@ def _claim(id: str, kind: str, verdict: str, components=(), *, threshold=None, m
                          measured=measured, receivers=tuple(receivers))
 
 
-def test_the_shipped_question_files_load_and_the_seed_files_ask_the_benchmark_again():
-    from evals.questions import BENCHMARK, QUESTIONS_DIR, load_questions
+def test_the_benchmark_loads_and_each_seed_shift_asks_it_again_with_seeds_no_other_shift_uses(tmp_path, capsys):
+    from evals.questions import BENCHMARK, load_questions, shift_seeds
 
     def asked(questions):  # everything but the seeds
         return [(q.id, q.question.question, q.spec_path, q.key.name, q.model) for q in questions]
 
     benchmark = load_questions(BENCHMARK)
-    assert len(benchmark) >= 12
+    assert len(benchmark) >= 12 and shift_seeds(benchmark, 0) == benchmark
     seen = [set(q.question.seeds) for q in benchmark]
-    for name in ("other-seeds.yaml", "seed-2.yaml"):
-        again = load_questions(QUESTIONS_DIR / name)
+    for shift in (1, 2, 3):
+        again = shift_seeds(benchmark, shift)
         assert asked(again) == asked(benchmark)
-        for i, (before, after) in enumerate(zip(benchmark, again)):  # new seeds, as many as before
-            assert len(after.question.seeds) == len(before.question.seeds)
+        for i, (before, after) in enumerate(zip(benchmark, again)):  # new seeds, as many, spaced alike
+            gaps = [b - a for a, b in zip(before.question.seeds, before.question.seeds[1:])]
+            assert [b - a for a, b in zip(after.question.seeds, after.question.seeds[1:])] == gaps
             assert not set(after.question.seeds) & seen[i]
             seen[i] |= set(after.question.seeds)
+    planted = next(q for q in benchmark if len(q.question.seeds) > 1)
+    assert shift_seeds([planted], 1)[0].question.seeds == tuple(s + len(planted.question.seeds)
+                                                               for s in planted.question.seeds)
+    spaced = _write(tmp_path / "q.yaml", "questions:\n  - {id: a, question: IOI, key: default-ioi, seeds: [0, 2]}\n")
+    assert shift_seeds(load_questions(spaced), 1)[0].question.seeds == (3, 5)  # not (2, 4): 2 is taken
+    assert sleuth(["eval", "--questions", str(spaced), "--seed-shift", "-1", "--workspace", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert "--seed-shift must be 0 or more" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "ev").exists()
 
 
 def test_scores_of_a_constructed_report_match_a_hand_count():
@@ -283,7 +293,8 @@ questions:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_a_killed_eval_resumes_keeping_the_runs_it_scored_and_rerunning_the_cut_one_afresh(tmp_path, capsys):
+def test_a_killed_eval_resumes_keeping_its_seed_shift_and_the_runs_it_scored_and_rerunning_the_cut_one_afresh(
+        tmp_path, capsys):
     questions = _write(tmp_path / "q.yaml", """
 questions:
   - id: pronoun
@@ -294,13 +305,13 @@ questions:
     judge_n: 16
 """)
     child = subprocess.Popen([sys.executable, "-m", "agents.cli", "eval", "--questions", str(questions),
-                              "--workspace", str(tmp_path / "ev"), "--threads", "1", "--json"],
+                              "--workspace", str(tmp_path / "ev"), "--seed-shift", "1", "--threads", "1", "--json"],
                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline, cut = time.monotonic() + 300, None
-    try:  # kill it once seed 0 is scored and seed 1's investigation has stored something
+    try:  # seeds 0-2 shifted by one span: 3-5; kill it once seed 3 is scored and seed 4 has stored something
         while time.monotonic() < deadline and child.poll() is None:
-            cut = next((tmp_path / "ev").glob("*/pronoun-seed1/runs/*/run.json"), None)
+            cut = next((tmp_path / "ev").glob("*/pronoun-seed4/runs/*/run.json"), None)
             if cut is not None:
                 os.kill(child.pid, signal.SIGKILL)
                 break
@@ -310,9 +321,9 @@ questions:
         child.wait()
     assert child.returncode == -signal.SIGKILL and cut is not None, "the eval finished before the kill"
     (root,) = (tmp_path / "ev").iterdir()
-    kept = (root / "scores" / "pronoun-seed0.json").read_bytes()
-    assert not (root / "scores" / "pronoun-seed1.json").exists()
-    cut_short = stored_files(root / "pronoun-seed1")
+    kept = (root / "scores" / "pronoun-seed3.json").read_bytes()
+    assert not (root / "scores" / "pronoun-seed4.json").exists()
+    cut_short = stored_files(root / "pronoun-seed4")
 
     # bad input: one line, exit 2, and nothing in the eval's folder changes
     before = stored_files(root)
@@ -320,6 +331,7 @@ questions:
     questions.write_text(original.replace("judge_n: 16", "judge_n: 20"))
     for argv, problem in ((["--resume", str(root)], "question pronoun changed since the eval"),
                           (["--resume", str(root), "--only", "pronoun"], "drop --only"),
+                          (["--resume", str(root), "--seed-shift", "1"], "drop --seed-shift"),
                           (["--resume", str(tmp_path)], "no eval.json there")):
         assert sleuth(["eval", *argv]) == 2
         err = capsys.readouterr().err
@@ -334,12 +346,12 @@ questions:
 
     board = _eval(capsys, "--resume", str(root))
     (q,) = board["questions"]
-    assert [r["seed"] for r in q["runs"]] == [0, 1, 2] and len(board["resumed_at"]) == 1
+    assert [r["seed"] for r in q["runs"]] == [3, 4, 5] and board["seed_shift"] == 1 and len(board["resumed_at"]) == 1
     assert board["workspace"] == str(root) and board["questions_file"] == str(questions.resolve())
-    # seed 0 kept as scored before the kill; seed 1's cut-short run set aside untouched
-    assert json.loads(kept) == q["runs"][0] and (root / "scores" / "pronoun-seed0.json").read_bytes() == kept
-    assert stored_files(root / "pronoun-seed1.interrupted") == cut_short
-    # seeds 1 and 2 ran whole, each alone in a fresh workspace: each counted every forward pass it made
+    # seed 3 kept as scored before the kill; seed 4's cut-short run set aside untouched
+    assert json.loads(kept) == q["runs"][0] and (root / "scores" / "pronoun-seed3.json").read_bytes() == kept
+    assert stored_files(root / "pronoun-seed4.interrupted") == cut_short
+    # seeds 4 and 5 ran whole, each alone in a fresh workspace: each counted every forward pass it made
     for run in q["runs"][1:]:
         (record,) = [json.loads(p.read_text()) for p in Path(run["workspace"]).glob("runs/*/run.json")]
         assert run["status"] == "answered" and record["id"] == run["run_id"]

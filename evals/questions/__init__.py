@@ -18,6 +18,12 @@ A question scored against a key must ask about the key's contrast (the same corr
 quoted IOI prompt left to intake gets both names swapped everywhere, a different contrast from
 the IOI keys' (only the repeated name changes), so quote the corrupted prompt.
 
+`sleuth eval --seed-shift K` (`shift_seeds`) asks a file's questions again with other seeds: each
+question's seeds move by K times their span (largest − smallest + 1), so shifts 0, 1, 2, ... give
+every question disjoint sets of as many seeds, spaced as in the file (K = 0: the file's own).
+The benchmark's single-seed questions then run with seed K, its planted question (seeds 0–4) with
+5K to 5K + 4.
+
 `load_questions` checks everything it can before any model loads: the file parses, every
 field is known, ids are unique, each question has a question or a spec (not both), spec
 files exist, and every key loads (`evals.keys.load_key`). Mistakes are one `UserInputError`
@@ -135,3 +141,21 @@ def select_questions(questions: list[BenchmarkQuestion], only: Sequence[str], pa
     if not kept:
         raise UserInputError(f"--only {' '.join(only)}: no question of {path} has that in its id or model")
     return kept
+
+
+def shift_seeds(questions: Sequence[BenchmarkQuestion], shift: int) -> list[BenchmarkQuestion]:
+    """The questions asked again with other seeds (``sleuth eval --seed-shift``): each question's
+    seeds moved by ``shift`` times their span (largest − smallest + 1), so that different shifts
+    never share a seed of one question.
+
+    Raises:
+        UserInputError: for a negative shift.
+    """
+    if shift < 0:
+        raise UserInputError(f"--seed-shift must be 0 or more, not {shift}")
+    out = []
+    for q in questions:
+        step = shift * (max(q.question.seeds) - min(q.question.seeds) + 1)
+        moved = q.question.model_copy(update={"seeds": tuple(s + step for s in q.question.seeds)})
+        out.append(q.model_copy(update={"question": moved}))
+    return out
