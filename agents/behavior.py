@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tools.errors import TokenizationError, UserInputError
 from tools.experiments.prompts import PromptPairs
-from tools.tasks import TaskGenerator, answer_token_id, get_task
+from tools.tasks import MAX_SEED, TaskGenerator, answer_token_id, get_task
 from tools.tasks.declared import DECLARED_BEHAVIOURS
 
 Metric = Literal["logit_diff", "prob", "accuracy"]
@@ -53,7 +53,7 @@ class BehaviorSpec(BaseModel):
     n: int = Field(64, ge=1)
     """Prompts per set: how many ``task`` generates, or how many variants of explicit prompts
     the investigation draws (`agents.steps.draw_user_prompt_sets`); see `with_prompt_count`."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     """Seed of the task generator, or of the variants drawn of explicit prompts."""
     derived_corrupted: bool = False
     """True when intake made the corrupted prompts itself; the report must say so."""

@@ -315,6 +315,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    """argparse type of every ``--seed``: a whole number from 0 to `tools.tasks.MAX_SEED`."""
+    from tools.tasks import MAX_SEED
+
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, not {text!r}")
+    return seed
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage mistake reported like every other: one line, exit code 2."""
 
@@ -333,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local model folder, hub id, 'gemma-3-270m' (default), 'organism-default' or 'organism-planted'")
     c.add_argument("--task", default="all", help="ioi, induction, facts, greater_than, pronoun, trigger, or all (default)")
     c.add_argument("--n", type=int, default=200, help="prompts per task (default 200)")
-    c.add_argument("--seed", type=int, default=1, help="prompt-set seed (default 1)")
+    c.add_argument("--seed", type=_seed, default=1, help="prompt-set seed (default 1)")
     c.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=_cmd_check)
@@ -365,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                    'drink to" with "Mary"?\' or "indirect object identification"')
     a.add_argument("--model", default=DEFAULT_MODEL, help="model folder, hub id, gemma-3-270m (default), organism-default")
     a.add_argument("--spec", default=None, metavar="FILE", help="a YAML/JSON behaviour spec instead of a question")
-    a.add_argument("--seed", type=int, default=0, help="prompt-generator seed (default 0)")
+    a.add_argument("--seed", type=_seed, default=0, help="prompt-generator seed (default 0)")
     a.add_argument("--n", type=int, default=None,
                    help="prompts per set (discovery, fresh): default a spec file's own n, else 64 for models "
                         "under 100M parameters and 32 above")
@@ -397,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--base", required=True, help="the base model (folder, hub id, organism-default, ...)")
     d.add_argument("--model", required=True, help="the changed model (fine-tuned, planted, ...)")
     d.add_argument("--spec", default=None, metavar="FILE", help="a YAML/JSON behaviour spec instead of a question")
-    d.add_argument("--seed", type=int, default=0, help="prompt-sampling seed (default 0)")
+    d.add_argument("--seed", type=_seed, default=0, help="prompt-sampling seed (default 0)")
     d.add_argument("--n", type=int, default=None,
                    help="prompts per set (discovery, fresh): default a spec file's own n, else 64 for models "
                         "under 100M parameters and 32 above")
@@ -408,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="YAML/JSON list of behaviours (task names or prompt specs); default: every task the "
                     "tokenizer can express")
     wt.add_argument("--n", type=int, default=32, help="prompts per canary (default 32)")
-    wt.add_argument("--seed", type=int, default=1, help="seed of the canaries' held-out prompts (default 1)")
+    wt.add_argument("--seed", type=_seed, default=1, help="seed of the canaries' held-out prompts (default 1)")
     for writer, command in ((d, _cmd_diff), (wt, _cmd_watch)):
         writer.add_argument("--workspace", default=None, help=workspace_help)
         writer.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS", help=lock_help)

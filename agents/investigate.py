@@ -20,6 +20,7 @@ from agents.progress import Progress
 from agents.steps import Toolbox
 from memory.session import Memory
 from tools.errors import UserInputError
+from tools.tasks import check_seed
 from tools.tasks.declared import declared_tasks
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
     events: list[dict[str, Any]] = []
     if n is not None and n < 1:
         raise UserInputError(f"--n must be at least 1, not {n}")
+    check_seed(seed)
     if not question.strip() and spec_file is None:
         raise UserInputError("ask needs a question (or --spec FILE)")
     behavior = load_spec_file(spec_file) if spec_file is not None else None

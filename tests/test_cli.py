@@ -10,7 +10,10 @@ from agents.cli import main
 
 
 def run_cli(capsys, *argv):
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as stop:  # a usage mistake argparse found (the parser printed one line)
+        code = stop.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -65,6 +68,13 @@ def test_text_table_lists_every_task(capsys):
         (["check", "--model", "/no/such/folder"], "no such model folder"),
         (["check", "--model", "organism-default", "--task", "telepathy"], "unknown task"),
         (["check", "--model", "organism-default", "--n", "0"], "--n"),
+        # seeds: 0 to 2**32 - 1 everywhere (a negative or huge one used to reach numpy or the
+        # checkpoint writer and end in a traceback)
+        (["check", "--model", "organism-default", "--seed", "-1"], "--seed: must be a whole number from 0"),
+        (["ask", "IOI", "--model", "organism-default", "--seed", str(2**32)], "--seed: must be a whole number"),
+        (["ask", "IOI", "--seed", "1e3"], "--seed: must be a whole number"),
+        (["diff", "a", "b", "--seed", "-1"], "--seed: must be a whole number"),
+        (["watch", "x", "--seed", "-1"], "--seed: must be a whole number"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, fragment):

@@ -79,6 +79,7 @@ def _claim(id: str, kind: str, verdict: str, components=(), *, threshold=None, m
 
 def test_the_benchmark_loads_and_each_seed_shift_asks_it_again_with_seeds_no_other_shift_uses(tmp_path, capsys):
     from evals.questions import BENCHMARK, load_questions, shift_seeds
+    from tools.errors import UserInputError
 
     def asked(questions):  # everything but the seeds
         return [(q.id, q.question.question, q.spec_path, q.key.name, q.model) for q in questions]
@@ -103,6 +104,9 @@ def test_the_benchmark_loads_and_each_seed_shift_asks_it_again_with_seeds_no_oth
     err = capsys.readouterr().err
     assert "--seed-shift must be 0 or more" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "ev").exists()
+    near_the_top = _write(tmp_path / "top.yaml", spaced.read_text().replace("[0, 2]", "[4294967295]"))
+    with pytest.raises(UserInputError, match="--seed-shift 1: question a's seeds would pass 4294967295"):
+        shift_seeds(load_questions(near_the_top), 1)
 
 
 def test_scores_of_a_constructed_report_match_a_hand_count():
@@ -207,6 +211,7 @@ questions:
     ("questions:\n  - {id: a, spec: missing.yaml, key: default-ioi}", "no spec file"),
     ("questions:\n  - {id: a, question: IOI, key: mine.json}", "no such file"),
     ("questions:\n  - {id: a, question: IOI, key: bad.json}", "a key lists heads"),
+    ("questions:\n  - {id: a, question: IOI, key: default-ioi, seeds: [0, -1]}", "seeds.1"),
 ])
 def test_a_bad_question_file_is_one_line_and_exit_2(tmp_path, capsys, content, problem):
     _write(tmp_path / "bad.json", json.dumps({"name": "bad", "model": "organism-default", "behaviour": "ioi",

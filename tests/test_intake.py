@@ -407,6 +407,8 @@ def test_json_spec_file_with_a_task(tmp_path):
     ("item.json", '{"prompts": [1], "answers": [" a"], "foils": [" b"]}', "field 'prompts[0]'"),
     ("n.yaml", "task: ioi\nn: many\n", "field 'n'"),
     ("metric.yaml", "task: ioi\nmetric: kl\n", "field 'metric'"),
+    ("seed.yaml", "task: ioi\nseed: -1\n", "field 'seed'"),
+    ("big-seed.yaml", "task: ioi\nseed: 4294967296\n", "field 'seed'"),
     ("lengths.yaml", "prompts: [a, b]\nanswers: [' a']\nfoils: [' b', ' c']\n", "answers"),
     ("both.json", '{"task": "ioi", "prompts": ["a"]}', "prompts"),
     ("task.yaml", "task: ioii\n", "unknown task 'ioii'"),

@@ -442,3 +442,13 @@ def test_the_graph_not_the_brain_says_which_components_the_critics_controls_avoi
     job = {"step": "examine", "claim": {"id": "a"}, "seed": 1, "named": ["head.0.0"]}
     assert dispatched(job, claims) == {**job, "named": ["head.1.2", "mlp.0"]}
     assert dispatched({"step": "rank"}, claims) == {"step": "rank"}
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_ask_refuses_a_seed_out_of_range_before_it_loads_a_model_or_opens_a_workspace(tmp_path, seed):
+    from agents.investigate import ask
+    from tools.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="--seed must be a whole number from 0 to 4294967295"):
+        ask("indirect object identification", model="/no/such/model", workspace=str(tmp_path / "ws"), seed=seed)
+    assert not (tmp_path / "ws").exists()

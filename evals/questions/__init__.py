@@ -33,13 +33,14 @@ line naming the file and the question.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agents.behavior import read_data_file
 from evals.keys.schema import AnswerKey, load_key
 from tools.errors import UserInputError
+from tools.tasks import MAX_SEED
 
 QUESTIONS_DIR = Path(__file__).resolve().parent
 BENCHMARK = QUESTIONS_DIR / "benchmark.yaml"
@@ -56,7 +57,7 @@ class Question(BaseModel):
     spec: str | None = None
     key: str
     model: str | None = None
-    seeds: tuple[int, ...] = Field((0,), min_length=1)
+    seeds: tuple[Annotated[int, Field(ge=0, le=MAX_SEED)], ...] = Field((0,), min_length=1)
     n: int | None = Field(None, ge=1)
     judge_n: int | None = Field(None, ge=2)
 
@@ -156,6 +157,9 @@ def shift_seeds(questions: Sequence[BenchmarkQuestion], shift: int) -> list[Benc
     out = []
     for q in questions:
         step = shift * (max(q.question.seeds) - min(q.question.seeds) + 1)
+        if max(q.question.seeds) + step > MAX_SEED:
+            raise UserInputError(f"--seed-shift {shift}: question {q.id}'s seeds would pass {MAX_SEED}, "
+                                 "the largest seed")
         moved = q.question.model_copy(update={"seeds": tuple(s + step for s in q.question.seeds)})
         out.append(q.model_copy(update={"question": moved}))
     return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tools.errors import UnknownTaskError
-from tools.tasks.base import TaskGenerator, TaskPrompt, answer_token_id, is_expressible
+from tools.tasks.base import MAX_SEED, TaskGenerator, TaskPrompt, answer_token_id, check_seed, is_expressible
 from tools.tasks.facts import FactsTask
 from tools.tasks.greater_than import GreaterThanTask
 from tools.tasks.induction import InductionTask
@@ -29,6 +29,6 @@ def get_task(name: str) -> TaskGenerator:
 
 
 __all__ = [
-    "TASK_NAMES", "TaskGenerator", "TaskPrompt", "TriggerTask", "answer_token_id", "get_task",
-    "is_expressible",
+    "MAX_SEED", "TASK_NAMES", "TaskGenerator", "TaskPrompt", "TriggerTask", "answer_token_id", "check_seed",
+    "get_task", "is_expressible",
 ]

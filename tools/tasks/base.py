@@ -19,10 +19,26 @@ from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from tools.errors import TokenizationError
+from tools.errors import TokenizationError, UserInputError
 
 Split = Literal["train", "heldout"]
 Metric = Literal["logit_diff", "prob_diff"]
+
+MAX_SEED = 2**32 - 1
+"""The largest seed a user may give (``--seed``, a spec's ``seed``, a question's ``seeds``). The
+seeds derived from one (the critic's ``seed * 1000 + i``, the held-out split's ``seed + 1000``) then
+stay within what numpy's and torch's generators and the run checkpoints hold (64 bits)."""
+
+
+def check_seed(seed: int, what: str = "--seed") -> int:
+    """``seed``, if it is a seed a user may give (0 to `MAX_SEED`).
+
+    Raises:
+        UserInputError: one line naming ``what``.
+    """
+    if not 0 <= seed <= MAX_SEED:
+        raise UserInputError(f"{what} must be a whole number from 0 to {MAX_SEED}, not {seed}")
+    return seed
 
 
 class TaskPrompt(BaseModel):
