@@ -183,7 +183,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     # the benchmark lives with the evals (which may import everything); imported here only
     from evals.harness import format_scoreboard, resume_plan, run_benchmark
-    from evals.questions import BENCHMARK, load_questions, select_questions, shift_seeds
+    from evals.questions import BENCHMARK, eval_questions
     from memory.runstore import new_run_id
     from tools.atomic import atomic_write_text
 
@@ -201,7 +201,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         plan, brain = None, args.brain or "heuristic"
         path = Path(args.questions) if args.questions else BENCHMARK
-        questions = shift_seeds(select_questions(load_questions(path), args.only or (), path), args.seed_shift or 0)
+        questions = eval_questions(path, args.only or (), args.seed_shift or 0)
         root = Path(args.workspace or "sleuth-eval") / new_run_id()
         if root.parent.exists() and not root.parent.is_dir():
             raise UserInputError(f"--workspace {root.parent} is a file, not a folder")
@@ -316,16 +316,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _seed(text: str) -> int:
-    """argparse type of every ``--seed``: a whole number from 0 to `tools.tasks.MAX_SEED`."""
-    from tools.tasks import MAX_SEED
+    """argparse type of every ``--seed``: `tools.tasks.check_seed` on the number given."""
+    from tools.tasks import MAX_SEED, check_seed
 
     try:
-        seed = int(text)
-    except ValueError:
-        seed = -1
-    if not 0 <= seed <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, not {text!r}")
-    return seed
+        return check_seed(int(text))
+    except (ValueError, UserInputError):
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, not {text!r}") from None
 
 
 class _Parser(argparse.ArgumentParser):

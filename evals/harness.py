@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from evals.baselines import BaselineRun, counting, draw_random, run_attribution_topk, run_exhaustive
 from evals.keys.schema import KeyMethod
-from evals.questions import BenchmarkQuestion, load_questions, select_questions, shift_seeds
+from evals.questions import BenchmarkQuestion, eval_questions
 from evals.remeasure import measure_claim, measure_set
 from evals.score import (
     ReportedClaim,
@@ -234,8 +234,7 @@ def resume_plan(root: Path) -> tuple[EvalPlan, list[BenchmarkQuestion]]:
         plan = EvalPlan.model_validate_json(path.read_bytes())
     except (ValidationError, ValueError, OSError):
         raise UserInputError(f"{path}: damaged, not an eval plan sleuth eval wrote") from None
-    questions = shift_seeds(select_questions(load_questions(plan.questions_file), plan.only, plan.questions_file),
-                            plan.seed_shift)
+    questions = eval_questions(plan.questions_file, plan.only, plan.seed_shift)
     now = [(q.id, question_fingerprint(q)) for q in questions]
     if now != list(plan.questions):
         before, after = dict(plan.questions), dict(now)
@@ -335,8 +334,9 @@ def _score_all(questions: Sequence[BenchmarkQuestion], models: dict[str, "Loaded
                 f"{r.forward_passes} forward passes ({_fmt(r.forward_pass_ratio)} of exhaustive), {r.wall_s:.1f} s")
         scored.append(summarise_question(q, runs))
         board = Scoreboard(brain=plan.brain, questions_file=plan.questions_file, workspace=str(root),
-                           seed_shift=plan.seed_shift, created_at=plan.created_at, resumed_at=plan.resumed_at, questions=tuple(scored),
-                           summary=summarise(scored), baselines=summarise_baselines(scored))
+                           seed_shift=plan.seed_shift, created_at=plan.created_at, resumed_at=plan.resumed_at,
+                           questions=tuple(scored), summary=summarise(scored),
+                           baselines=summarise_baselines(scored))
         atomic_write_text(root / "scoreboard.json", board.model_dump_json(indent=1) + "\n")
     return board
 

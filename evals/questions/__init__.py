@@ -144,6 +144,13 @@ def select_questions(questions: list[BenchmarkQuestion], only: Sequence[str], pa
     return kept
 
 
+def eval_questions(path: str | Path, only: Sequence[str] = (), seed_shift: int = 0) -> list[BenchmarkQuestion]:
+    """What an eval of ``path`` asks: its questions (`load_questions`), those ``only`` keeps
+    (`select_questions`), their seeds shifted by ``seed_shift`` (`shift_seeds`). A new eval and a
+    resumed one both read their questions through here, so resume compares like with like."""
+    return shift_seeds(select_questions(load_questions(path), only, path), seed_shift)
+
+
 def shift_seeds(questions: Sequence[BenchmarkQuestion], shift: int) -> list[BenchmarkQuestion]:
     """The questions asked again with other seeds (``sleuth eval --seed-shift``): each question's
     seeds moved by ``shift`` times their span (largest − smallest + 1), so that different shifts

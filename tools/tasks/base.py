@@ -30,14 +30,14 @@ seeds derived from one (the critic's ``seed * 1000 + i``, the held-out split's `
 stay within what numpy's and torch's generators and the run checkpoints hold (64 bits)."""
 
 
-def check_seed(seed: int, what: str = "--seed") -> int:
+def check_seed(seed: int) -> int:
     """``seed``, if it is a seed a user may give (0 to `MAX_SEED`).
 
     Raises:
-        UserInputError: one line naming ``what``.
+        UserInputError: one line.
     """
     if not 0 <= seed <= MAX_SEED:
-        raise UserInputError(f"{what} must be a whole number from 0 to {MAX_SEED}, not {seed}")
+        raise UserInputError(f"--seed must be a whole number from 0 to {MAX_SEED}, not {seed}")
     return seed
 
 
