@@ -9,6 +9,7 @@ one bootstrap and one verdict rule serve every kind:
 kind             score (measured by the critic, `agents.critic`)
 ===============  ===============================================================================
 ``necessity``    ablating the components removes this fraction of the logit difference
+``opposition``   ablating the components *adds* this fraction (they work against the answer)
 ``faithfulness`` ablating everything else keeps this fraction
 ``direct``       the components' direct paths to the logits carry this fraction (path patching)
 ``path``         the senders' paths into the receivers' q/k/v inputs carry this fraction
@@ -46,9 +47,11 @@ class _Claim(BaseModel):
 
 
 class SetClaim(_Claim):
-    """A component set is necessary for the behaviour, or keeps it on its own."""
+    """A component set is necessary for the behaviour, keeps it on its own, or works against it
+    (``opposition``: ablating the set raises the logit difference, as a negative name mover's
+    removal does in IOI)."""
 
-    kind: Literal["necessity", "faithfulness"]
+    kind: Literal["necessity", "faithfulness", "opposition"]
     method: Literal["mean", "resample"] = "resample"
     """The ablation the set was found with; the critic replicates with it and checks the other."""
     universe: tuple[Literal["head", "mlp"], ...] = ("head", "mlp")
@@ -116,6 +119,7 @@ def describe_prediction(claim: BaseModel) -> str:
     words = {
         "necessity": "share of the logit difference removed by ablating the set",
         "faithfulness": "share kept when everything else is ablated",
+        "opposition": "share of the logit difference added by ablating the set",
         "direct": "share carried by the direct paths to the logits (path patching)",
         "path": f"share carried by the paths into {', '.join(getattr(c, 'receivers', ()))}",
         "routing": f"share restored by patching resid_pre.{getattr(c, 'layer', '')} at position "

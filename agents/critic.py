@@ -163,7 +163,7 @@ def verdict_for(test: ClaimTest, *, alpha: float = 0.05) -> Verdict:
 
 def _measure_set(run: "Run", model: "LoadedModel", claim: SetClaim, prompts: PromptPairs, *,
                  n_controls: int, seed: int, named: frozenset[str] = frozenset()) -> _Measured:
-    mode = "ablate" if claim.kind == "necessity" else "keep"
+    mode = "keep" if claim.kind == "faithfulness" else "ablate"
     positions = claim.positions
     if positions is None and claim.scope == "changed_onward":
         positions = scope_positions(model, prompts)
@@ -219,7 +219,7 @@ def controls_outside(pool: Sequence[str], claimed: set[str], named: Sequence[str
 def _ablation_terms(result: AblationResult, kind: str) -> Terms:
     t = {k: v.double().numpy() for k, v in result.tensors.items()}
     clean, ablated, everything = t["clean_logit_diff"], t["ablated_logit_diff"], t["everything_ablated_logit_diff"]
-    numerator = clean - ablated if kind == "necessity" else ablated - everything
+    numerator = {"necessity": clean - ablated, "opposition": ablated - clean}.get(kind, ablated - everything)
     return numerator, clean - everything
 
 

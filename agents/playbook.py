@@ -26,7 +26,9 @@ outcomes of the steps in `agents.steps`) and returns the next phase with its job
    circuit, each component the noising sweep found *necessary on its own* (removing at least
    ``individual_share`` of the logit difference) that the circuit search did not need is a
    claim of its own (at most ``max_individual``): a minimal circuit can leave out components
-   whose loss the model feels, and a reader needs to see them.
+   whose loss the model feels, and a reader needs to see them. Each component whose removal
+   *raises* the logit difference by as much (it works against the answer, as IOI's negative
+   name movers do) is a claim too, circuit member or not.
 
 Thresholds of mechanism claims are pre-registered as half of what discovery measured (rounded
 down to 0.05, at most 0.5): the claim is that the effect replicates at a substantial size,
@@ -140,15 +142,11 @@ class HeuristicBrain:
             share = min(1.0, sum(roles[c]["direct"] for c in writers))
             movers = [c for c in writers if (roles[c].get("to_answer") or 0) >= self.reader_attention]
             parts = ", ".join(f"{c} ({roles[c]['direct']:.2f})" for c in writers)
-            mover_text = "".join(f" {c} attends from the final token to the answer's earlier occurrence "
-                                 f"({roles[c]['to_answer']:.2f} of its attention) and copies it." for c in movers)
+            # what only discovery measured is said as such: the claim's test is the direct paths
+            mover_text = "".join(f" On the discovery prompts {c} attended from the final token to the answer's "
+                                 f"earlier occurrence ({roles[c]['to_answer']:.2f} of its attention)." for c in movers)
             carry = ("its direct path to the output carries" if len(writers) == 1 else
                      "their direct paths to the output together carry")
-            against = sorted((c for c, r in roles.items() if (r.get("direct") or 0) <= -self.writer_share),
-                             key=lambda c: roles[c]["direct"])
-            if against:
-                mover_text += (" Writing against it: " + ", ".join(f"{c} ({roles[c]['direct']:.2f})" for c in against)
-                               + " (their direct paths push towards the foil).")
             out.append(ProposedClaim(role="writers", claim=DirectClaim(
                 id="writers", components=tuple(writers), threshold=preregister(share)), statement=(
                 f"The answer is written into the logits by {parts}: {carry} at least "
@@ -175,6 +173,7 @@ class HeuristicBrain:
                 f"(final token) removes at least {threshold:.2f} of the logit difference on new prompts, "
                 f"more than a random direction of the same norm.")))
         out += self._individual_claims(last)
+        out += self._opposition_claims(last, roles)
         return [c.model_dump(mode="json") for c in out]
 
     def _individual_claims(self, last: dict) -> list[ProposedClaim]:
@@ -196,6 +195,32 @@ class HeuristicBrain:
                     f"{c} matters on its own, though the circuit search did not need it: patching its corrupted "
                     f"value into the clean run removed {removes[c]:.2f} of the logit difference, and ablating it "
                     f"alone removes at least {threshold:.2f} on new prompts.")))
+        return out
+
+    def _opposition_claims(self, last: dict, roles: dict) -> list[ProposedClaim]:
+        """Components that work against the answer: noising them (their corrupted value in the
+        clean run) *raised* the logit difference by at least ``individual_share``, clear of zero.
+        One claim each, largest first, at most ``max_individual``, circuit members included (a
+        circuit claim says a set keeps the behaviour, not that a member pushes the other way).
+        The prediction mirrors the individual claims': ablating the component alone adds at
+        least half the discovery share, and never less than ``individual_share``."""
+        rank = last["rank"]
+        removes = rank.get("removes") or {}
+        picked = sorted((c for c in rank.get("necessary") or () if (removes.get(c) or 0) <= -self.individual_share),
+                        key=lambda c: removes[c])[: self.max_individual]
+        out = []
+        for c in picked:
+            added = -removes[c]
+            threshold = max(self.individual_share, preregister(added))
+            direct = (roles.get(c) or {}).get("direct")
+            towards = (f" (its direct path to the logits carried {direct:.2f} of the logit difference there)"
+                       if direct is not None and direct <= -self.writer_share else "")
+            out.append(ProposedClaim(role="opposition", claim=SetClaim(
+                id=f"against-{c}", components=(c,), kind="opposition", threshold=threshold, method="resample"),
+                statement=(
+                    f"{c} works against the answer: patching its corrupted value into the clean run raised the "
+                    f"logit difference by {added:.2f} of it on the discovery prompts{towards}, and ablating it "
+                    f"alone adds at least {threshold:.2f} on new prompts.")))
         return out
 
     def _reader_claims(self, last: dict, roles: dict, writers: list[str]) -> list[ProposedClaim]:

@@ -9,6 +9,7 @@ is measured the way the claim says it holds (`agents.claims`):
 kind             score on the key's prompts
 ===============  ======================================================================
 necessity        ablating the set (its method, its positions) removes this share
+opposition       ablating the set (its method, its positions) adds this share
 faithfulness     ablating everything else keeps this share
 direct           noising path patching of the set into the logits: share carried
 path             noising path patching of the senders into the receivers: share carried
@@ -72,14 +73,20 @@ def measure_claim(model: "LoadedModel", claim: AnyClaim, prompts: PromptPairs,
 
 
 def measure_set(model: "LoadedModel", components: Sequence[str], prompts: PromptPairs, *,
-                kind: Literal["necessity", "faithfulness"], method: Literal["mean", "resample", "zero"],
+                kind: Literal["necessity", "faithfulness", "opposition"],
+                method: Literal["mean", "resample", "zero"],
                 universe: tuple[str, ...] = ("head", "mlp"), positions: tuple[int, ...] | None = None
                 ) -> float | None:
-    """Necessity (ablate the set) or faithfulness (keep only the set) on ``prompts``."""
+    """Necessity (ablate the set), opposition (ablate it: minus its necessity) or faithfulness
+    (keep only the set) on ``prompts``."""
     result = run_experiment(model, AblationSpec(prompts=prompts, components=tuple(components), method=method,
-                                                mode="ablate" if kind == "necessity" else "keep",
+                                                mode="keep" if kind == "faithfulness" else "ablate",
                                                 universe=universe, positions=positions))
-    return result.necessity if kind == "necessity" else result.faithfulness
+    if kind == "faithfulness":
+        return result.faithfulness
+    if kind == "opposition":
+        return None if result.necessity is None else -result.necessity
+    return result.necessity
 
 
 def _measure_steering(model: "LoadedModel", claim: SteeringClaim, prompts: PromptPairs) -> float | None:

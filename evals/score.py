@@ -34,7 +34,7 @@ class ReportedClaim(BaseModel):
 
     id: str
     kind: str
-    """``necessity``, ``faithfulness``, ``direct``, ``path``, ``routing`` or ``steering``."""
+    """``necessity``, ``faithfulness``, ``opposition``, ``direct``, ``path``, ``routing`` or ``steering``."""
     role: str = ""
     verdict: str
     components: tuple[str, ...] = ()

@@ -50,6 +50,30 @@ def test_the_planted_component_is_supported_and_a_wrong_one_is_refuted(planted, 
     assert set(supported.evidence) <= set(run.experiment_keys())
 
 
+def test_a_component_working_against_the_answer_is_supported_as_such_and_a_helper_refuted(planted, run):
+    """On the planted organism mlp.1 pushes towards the foil (its key removes -0.25): ablating it
+    adds to the logit difference. The opposition score is the necessity score's negative, the
+    experiments are the same ones, and the harness's separate re-measurement agrees."""
+    from agents.positions import scope_positions
+    from evals.remeasure import measure_claim
+
+    fresh = _trigger_prompts(planted, 40, seed=404)
+    claims = [SetClaim(id="against", components=("mlp.1",), kind="opposition", threshold=0.1),
+              SetClaim(id="helper", components=("mlp.2",), kind="opposition", threshold=0.1),
+              SetClaim(id="needed", components=("mlp.1",), kind="necessity", threshold=0.1)]
+    tests = holm_adjust([examine_claim(run, planted, c, fresh, seed=2, n_resamples=500) for c in claims])
+    against, helper, needed = tests
+    assert verdict_for(against) == "supported", against
+    assert verdict_for(helper) == "refuted", helper
+    assert verdict_for(needed) == "refuted", needed
+    assert against.evidence[:2] == needed.evidence[:2]  # the same two ablations, read the other way
+    assert against.replication.estimate == pytest.approx(-needed.replication.estimate)
+    assert against.second_ablation.estimate == pytest.approx(-needed.second_ablation.estimate)
+    scope = scope_positions(planted, fresh)
+    assert against.replication.estimate == pytest.approx(measure_claim(planted, claims[0], fresh, scope), abs=1e-6)
+    assert measure_claim(planted, claims[2], fresh, scope) == pytest.approx(-against.replication.estimate, abs=1e-6)
+
+
 def test_re_examining_a_claim_pays_nothing_twice(planted, run):
     fresh = _trigger_prompts(planted, 12, seed=202)
     claim = SetClaim(id="c1", components=("mlp.2",), kind="necessity", threshold=0.5)

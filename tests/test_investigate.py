@@ -335,6 +335,13 @@ def test_the_top_supported_claim_about_the_trigger_names_the_planted_component(t
                                                                   component_sets=((component,),)))
             assert 1 - noised.component_sets[0].effect >= 0.1
     assert any(c["verdict"] == "supported" for c in alone), alone
+    # and one that works against the answer (mlp.1: its key removes -0.25) gets a claim saying so,
+    # checked the same way: noising it on other prompts raises the logit difference
+    against = [c for c in out["claims"] if c["id"].startswith("against-")]
+    assert [c["components"] for c in against if c["verdict"] == "supported"] == [["mlp.1"]], against
+    noised = run_experiment(model, ActivationPatchingSpec(prompts=prompts, sweeps=(), mode="noising",
+                                                          component_sets=((("mlp.1",)),)))
+    assert 1 - noised.component_sets[0].effect <= -0.1
     # the critic's controls stay outside every component the run's claims name
     named = {c for claim in out["claims"] for c in claim["components"]}
     with Workspace.open(tmp_path / "ws") as ws:
@@ -433,6 +440,28 @@ def test_individual_claims_take_only_needed_components_the_circuit_and_top_claim
     assert [c.claim.threshold for c in claims] == [0.25, 0.1]  # half the discovery share, never below 0.1
     assert all(c.role == "individual" and c.claim.kind == "necessity" for c in claims)
     assert [c.claim.components for c in HeuristicBrain()._individual_claims(last)][-1] == ("head.3.1",)
+
+
+def test_components_whose_removal_raises_the_logit_difference_get_opposition_claims_circuit_or_not():
+    from agents.playbook import HeuristicBrain
+
+    last = {"rank": {"order": ["mlp.0", "mlp.2", "mlp.1", "head.3.3", "mlp.3"],
+                     "removes": {"mlp.0": 0.9, "mlp.2": 0.6, "mlp.1": -0.25, "head.3.3": -0.12, "head.1.1": -0.3,
+                                 "head.2.2": -0.06, "mlp.3": 0.27},
+                     "necessary": ["mlp.0", "mlp.2", "head.1.1", "mlp.3", "mlp.1", "head.3.3", "head.2.2"]},
+            "circuit": {"components": ["mlp.2", "mlp.1"]}}
+    roles = {"head.1.1": {"direct": -0.2}, "mlp.1": {"direct": -0.04}}
+    claims = HeuristicBrain()._opposition_claims(last, roles)
+    # largest first; mlp.1 is a circuit member and still claimed; head.2.2 adds too little
+    assert [c.claim.components for c in claims] == [("head.1.1",), ("mlp.1",), ("head.3.3",)]
+    assert [c.claim.threshold for c in claims] == pytest.approx([0.15, 0.1, 0.1])  # half the discovery share, at least 0.1
+    assert all(c.role == "opposition" and c.claim.kind == "opposition" for c in claims)
+    assert "direct path to the logits carried -0.20" in claims[0].statement
+    assert "direct path" not in claims[1].statement  # -0.04 is no writer's share
+    assert [c.claim.components for c in HeuristicBrain(max_individual=1)._opposition_claims(last, {})] == \
+        [("head.1.1",)]
+    last["rank"]["necessary"].remove("head.1.1")  # not clear of zero: no claim
+    assert ("head.1.1",) not in [c.claim.components for c in HeuristicBrain()._opposition_claims(last, roles)]
 
 
 def test_the_graph_not_the_brain_says_which_components_the_critics_controls_avoid():

@@ -9,10 +9,10 @@ from agents.llm.fence import md_escape, untrusted_md
 if TYPE_CHECKING:
     from memory.records import Claim
 
-ROLE_ORDER = ("writers", "top", "readers", "routing", "circuit", "individual", "steering")
+ROLE_ORDER = ("writers", "top", "readers", "routing", "circuit", "individual", "opposition", "steering")
 """How the answer is told: what writes the answer, what it depends on most, how the model tells
 the answer from the foil, where the information flows, the whole circuit, what else matters on
-its own, a causal direction."""
+its own, what works against the answer, a causal direction."""
 
 
 def ordered(claims: Sequence["Claim"]) -> list["Claim"]:
@@ -81,6 +81,9 @@ def _clause(c: "Claim", tokens: dict[str, dict]) -> str:
         return (f"{names} also {'matter' if plural else 'matters'} on {'their' if plural else 'its'} own, though "
                 f"the circuit search did not need {'them' if plural else 'it'}: ablating {'them' if plural else 'it'} "
                 f"alone removes {_measured(c)} [{c.id}].")
+    if kind == "opposition":
+        return (f"{names} {'work' if plural else 'works'} against the answer: ablating {'them' if plural else 'it'} "
+                f"adds {_measured(c)} of the logit difference [{c.id}].")
     if kind == "necessity" and role == "readers":
         return (f"{names} {'attend' if plural else 'attends'} from the final token to the tokens the corruption "
                 f"changes; ablating {'them' if plural else 'it'} there removes {_measured(c)} [{c.id}].")
