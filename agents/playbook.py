@@ -233,7 +233,8 @@ class HeuristicBrain:
             return []
         where = _changed_label(last["lens"])
         attention = ", ".join(f"{c} ({roles[c]['to_changed']:.2f} of its attention)" for c in readers)
-        intro = (f"At the final token {attention} attend{'s' if len(readers) == 1 else ''} to the tokens the "
+        # the attention is what discovery measured (said as such); the claim's test is causal
+        intro = (f"On the discovery prompts, at the final token {attention} attended to the tokens the "
                  f"corruption changes{where}, the part of the prompt that tells the answer from the foil")
         paths = last.get("paths")
         if paths:
