@@ -219,7 +219,12 @@ def controls_outside(pool: Sequence[str], claimed: set[str], named: Sequence[str
 def _ablation_terms(result: AblationResult, kind: str) -> Terms:
     t = {k: v.double().numpy() for k, v in result.tensors.items()}
     clean, ablated, everything = t["clean_logit_diff"], t["ablated_logit_diff"], t["everything_ablated_logit_diff"]
-    numerator = {"necessity": clean - ablated, "opposition": ablated - clean}.get(kind, ablated - everything)
+    if kind == "necessity":
+        numerator = clean - ablated
+    elif kind == "opposition":
+        numerator = ablated - clean
+    else:  # faithfulness
+        numerator = ablated - everything
     return numerator, clean - everything
 
 

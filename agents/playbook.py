@@ -38,7 +38,7 @@ not that it replicates exactly.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, Literal
 
 from agents.claims import DirectClaim, PathClaim, ProposedClaim, RoutingClaim, SetClaim, SteeringClaim
 from agents.report.answer import no_behaviour_answer
@@ -186,16 +186,11 @@ class HeuristicBrain:
         named = {*last["circuit"]["components"], rank["order"][0]}
         picked = [c for c in rank.get("necessary") or () if c not in named
                   and (removes.get(c) or 0) >= self.individual_share][: self.max_individual]
-        out = []
-        for c in picked:
-            threshold = max(self.individual_share, preregister(removes[c]))
-            out.append(ProposedClaim(role="individual", claim=SetClaim(
-                id=f"alone-{c}", components=(c,), kind="necessity", threshold=threshold, method="resample"),
-                statement=(
-                    f"{c} matters on its own, though the circuit search did not need it: patching its corrupted "
-                    f"value into the clean run removed {removes[c]:.2f} of the logit difference, and ablating it "
-                    f"alone removes at least {threshold:.2f} on new prompts.")))
-        return out
+        return [self._one_component_claim(
+            c, removes[c], role="individual", kind="necessity", prefix="alone", says=lambda t: (
+                f"{c} matters on its own, though the circuit search did not need it: patching its corrupted "
+                f"value into the clean run removed {removes[c]:.2f} of the logit difference, and ablating it "
+                f"alone removes at least {t:.2f} on new prompts.")) for c in picked]
 
     def _opposition_claims(self, last: dict, roles: dict) -> list[ProposedClaim]:
         """Components that work against the answer: noising them (their corrupted value in the
@@ -210,18 +205,26 @@ class HeuristicBrain:
                         key=lambda c: removes[c])[: self.max_individual]
         out = []
         for c in picked:
-            added = -removes[c]
-            threshold = max(self.individual_share, preregister(added))
             direct = (roles.get(c) or {}).get("direct")
             towards = (f" (its direct path to the logits carried {direct:.2f} of the logit difference there)"
                        if direct is not None and direct <= -self.writer_share else "")
-            out.append(ProposedClaim(role="opposition", claim=SetClaim(
-                id=f"against-{c}", components=(c,), kind="opposition", threshold=threshold, method="resample"),
-                statement=(
+            out.append(self._one_component_claim(
+                c, -removes[c], role="opposition", kind="opposition", prefix="against", says=lambda t: (
                     f"{c} works against the answer: patching its corrupted value into the clean run raised the "
-                    f"logit difference by {added:.2f} of it on the discovery prompts{towards}, and ablating it "
-                    f"alone adds at least {threshold:.2f} on new prompts.")))
+                    f"logit difference by {-removes[c]:.2f} of it on the discovery prompts{towards}, and ablating "
+                    f"it alone adds at least {t:.2f} on new prompts.")))
         return out
+
+    def _one_component_claim(self, component: str, share: float, *, role: str,
+                             kind: Literal["necessity", "opposition"], prefix: str,
+                             says: Callable[[float], str]) -> ProposedClaim:
+        """A claim about one component that noising found on its own (removing, or adding,
+        ``share`` of the logit difference): ablating it alone moves at least half that share on
+        fresh prompts, and never less than ``individual_share``. ``says`` words the statement
+        from the threshold (called here, before the caller's loop moves on)."""
+        threshold = max(self.individual_share, preregister(share))
+        return ProposedClaim(role=role, statement=says(threshold), claim=SetClaim(
+            id=f"{prefix}-{component}", components=(component,), kind=kind, threshold=threshold, method="resample"))
 
     def _reader_claims(self, last: dict, roles: dict, writers: list[str]) -> list[ProposedClaim]:
         """Heads that, at the final token, attend to the tokens the corruption changes (for IOI
