@@ -38,10 +38,18 @@ cache), so re-testing a claim after a crash pays nothing twice. Within an invest
 ablations of all claims share the clean run of the fresh prompts, their corrupted run or means,
 and the everything-ablated baseline (`tools.experiments.memo`): a set claim's five ablations
 then forward the claimed set and the controls, not five copies of the same three runs.
+
+The random draws (control sets, random directions, bootstrap resamples) for a claim come from
+`critic_seed`: a hash of the run's seed and what the claim says, not of its place among the
+run's claims. A verdict then depends on the claim, the fresh prompts and the run's seed only:
+claiming something else beside it, or in another order, does not redraw its controls, and
+examining the same claim again draws the same ones (no seed to shop for).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -113,6 +121,16 @@ class _Measured:
     controls: list[float]
     control_kind: str
     evidence: list[str]
+
+
+def critic_seed(run_seed: int, claim: AnyClaim) -> int:
+    """The seed of the critic's random draws for ``claim`` in a run with seed ``run_seed``: the
+    first four bytes of a SHA-256 of both (the claim as JSON, without its id, which names it but
+    does not change what is tested). Below 2**32, like a user's seed, so the seeds derived from
+    it (`tools.tasks.base.MAX_SEED`) fit 64 bits."""
+    body = claim.model_dump(mode="json", exclude={"id"})
+    text = json.dumps([run_seed, type(claim).__name__, body], sort_keys=True)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 
 def examine_claim(run: "Run", model: "LoadedModel", claim: AnyClaim, prompts: PromptPairs, *,

@@ -108,7 +108,7 @@ def _behaviour(question: str, behavior: BehaviorSpec | None, a: "LoadedModel", b
 def measure_diff(run: "Run", a: "LoadedModel", b: "LoadedModel", behavior: BehaviorSpec,
                  declarer: "LoadedModel", *, seed: int = 0) -> dict[str, Any]:
     """Every experiment of the diff, through ``run``'s cache; returns ``investigation.json``."""
-    from agents.critic import examine_claim
+    from agents.critic import critic_seed, examine_claim
     from agents.diff_readout import read_diff
     from agents.playbook import preregister
     from agents.positions import scope_positions
@@ -151,26 +151,27 @@ def measure_diff(run: "Run", a: "LoadedModel", b: "LoadedModel", behavior: Behav
     top = readout["top_changed"]
     if top:
         positions = scope_positions(b, discovery)
-        necessity = []
-        for i, component in enumerate(top):
+        necessity, seeds = [], []
+        for component in top:
             found = run.experiment(b, AblationSpec(prompts=discovery, components=(component,), method="resample",
                                                    mode="ablate", positions=positions))
             from agents.claims import SetClaim
 
             claim = SetClaim(id=f"necessity-{component}", kind="necessity", components=(component,),
                              threshold=preregister(found.necessity), method="resample")
-            necessity.append(examine_claim(_Experiments(run), b, claim, fresh, seed=seed * 100 + i, named=top))
+            seeds.append(critic_seed(seed, claim))  # the component's transfer test draws from it too
+            necessity.append(examine_claim(_Experiments(run), b, claim, fresh, seed=seeds[-1], named=top))
             contrast = run.experiment(a, AblationSpec(prompts=fresh, components=(component,), method="resample",
                                                       mode="ablate", positions=scope_positions(a, fresh)))
             record["investigation"].append({"component": component, "discovery": found.key,
                                             "discovery_necessity": found.necessity, "contrast": contrast.key,
-                                            "seed": seed * 100 + i})
+                                            "seed": seeds[-1]})
         forward = _cross(run, a, b, cross.model_copy(update={"prompts": fresh}))
         reverse = _cross(run, b, a, CrossModelPatchingSpec(prompts=fresh, source_model_id=a.model_id,
                                                            source_weights_hash=a.weights_hash))
         discovered = run.load_experiment(evidence["cross_model"])
-        transfer = [transfer_test(discovered, forward, reverse, component, seed=seed * 100 + i, named=top)
-                    for i, component in enumerate(top)]
+        transfer = [transfer_test(discovered, forward, reverse, component, seed=s, named=top)
+                    for component, s in zip(top, seeds)]
         record["transfer"] = {"forward": forward.key, "reverse": reverse.key}
         _store_claims(run, b, behavior, necessity, transfer, record)
     return record

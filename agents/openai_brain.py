@@ -239,7 +239,7 @@ class OpenAIBrain:
                         continue
                     known.add(record["claim"]["id"])
                     claims.append(record)
-                    plan["jobs"].append({"step": "examine", "claim": record["claim"], "seed": len(claims)})
+                    plan["jobs"].append({"step": "examine", "claim": record["claim"]})
         if claims != list(state.get("claims", [])):
             plan["claims"] = claims
         if not plan["jobs"] and plan["phase"] == phase and "accept_suggestion" not in names:

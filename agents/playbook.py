@@ -97,7 +97,7 @@ class HeuristicBrain:
             phase = "steer"
         if phase == "steer":
             claims = self.claims(state, last)
-            return {"phase": "critic", "claims": claims, "jobs": _examine(claims, start=0),
+            return {"phase": "critic", "claims": claims, "jobs": _examine(claims),
                     "hypotheses": [c["statement"] for c in claims[:1]]}
         if phase in ("critic", "recheck"):
             # no circuit survived the critic (or none reached the target on the discovery
@@ -128,7 +128,7 @@ class HeuristicBrain:
             claim_id = ("circuit-faithful" if not previous else "circuit-faithful-grown" if len(previous) == 1
                         else f"circuit-faithful-grown-{len(previous)}")
             new = [self._faithful_claim(circuit, claim_id)]
-            return {"phase": "recheck", "claims": claims + new, "jobs": _examine(new, start=len(claims))}
+            return {"phase": "recheck", "claims": claims + new, "jobs": _examine(new)}
         return {"phase": "report", "jobs": []}
 
     # -- the worker's interpretation: claims with pre-registered predictions ----------------------
@@ -361,7 +361,7 @@ def preregister(observed: float, *, fraction: float = 0.5, cap: float = 0.5, flo
     return max(floor, min(cap, math.floor(observed * fraction / 0.05 + 1e-9) * 0.05))
 
 
-def _examine(claims: list[dict[str, Any]], *, start: int) -> list[dict[str, Any]]:
-    return [{"step": "examine", "claim": c["claim"], "seed": start + i} for i, c in enumerate(claims)]
+def _examine(claims: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"step": "examine", "claim": c["claim"]} for c in claims]
 
 

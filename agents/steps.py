@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from agents.behavior import BehaviorSpec
 from agents.claims import AnyClaim
-from agents.critic import examine_claim
+from agents.critic import critic_seed, examine_claim
 from agents.localize import grow_circuit, rank_components
 from agents.positions import label_position, position_tokens, scope_positions
 from agents.readouts import STEER_ALPHAS, read_confirm, read_lens, read_paths, read_roles, read_steer
@@ -104,22 +104,23 @@ class SteerJob(_Job):
     position: int = -1
 
 
-def critic_seed(run_seed: int, claim_seed: int) -> int:
-    """The seed of the critic's random draws for one claim: ``run_seed * 1000 + claim_seed``.
-    Run seed 0 keeps the claim's own number (what the critic drew before run seeds reached it)."""
-    return run_seed * 1000 + claim_seed
-
-
 class ExamineJob(_Job):
     step: Literal["examine"] = "examine"
     claim: AnyClaim
-    seed: int = Field(default=0, ge=0, lt=1000)
-    """The claim's place in the run (the playbook numbers its claims 0, 1, ...). The critic's
-    random draws (controls, bootstrap) use `critic_seed` of it and the run's seed, so another
-    run seed draws other controls, and a claim's draws never repeat another's in the same run."""
+    """The critic's random draws for it come from the claim and the run's seed
+    (`agents.critic.critic_seed`); no brain picks them."""
     named: tuple[str, ...] = ()
     """The components the run's claims name, kept out of the critic's controls. The graph
     fills it from the run's claims when it dispatches the job, whatever a brain wrote."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_stored_place(cls, data: Any) -> Any:
+        """Runs checkpointed before the critic seeded from the claim stored the claim's place
+        as ``seed``; it is dropped, so those runs still resume (their claims are seeded anew)."""
+        if isinstance(data, dict) and "seed" in data:
+            return {k: v for k, v in data.items() if k != "seed"}
+        return data
 
 
 class ExperimentJob(_Job):
@@ -332,7 +333,7 @@ class Toolbox:
             direction=MeanDifferenceDirection(site=site, position=job.position))))
 
     def _do_examine(self, job: ExamineJob) -> dict[str, Any]:
-        seed = critic_seed(self.behavior.seed, job.seed)
+        seed = critic_seed(self.behavior.seed, job.claim)
         test = examine_claim(ToolboxRun(self), self.model, job.claim, self.fresh_prompts, seed=seed,
                              named=job.named)
         return {"test": test.model_dump(mode="json"), "seed": seed}

@@ -222,3 +222,34 @@ def test_a_component_is_not_judged_against_the_components_other_claims_name(plan
     drawn = [run.store.cache.get(k).spec.components for k in test.evidence[2:]]
     assert len(drawn) == 3 and all(len(c) == 1 and not set(c) & set(named) for c in drawn)
     assert test.replication.low > 0.1 and test.beats_controls
+
+
+def test_a_claims_critic_seed_follows_the_claim_and_the_run_seed_not_its_place_or_name():
+    """Adding, dropping or reordering other claims must not redraw a claim's controls; examining
+    the same claim again must not offer a new draw (a seed to shop for)."""
+    from agents.claims import DirectClaim
+    from agents.critic import critic_seed
+
+    necessary = SetClaim(id="c1", components=("mlp.2",), kind="necessity", threshold=0.5)
+    seed = critic_seed(0, necessary)
+    assert 0 <= seed < 2**32
+    assert critic_seed(0, necessary.model_copy(update={"id": "renamed"})) == seed
+    assert critic_seed(0, SetClaim(id="c1", components=("mlp.2",), kind="necessity", threshold=0.5)) == seed
+    others = [critic_seed(1, necessary),
+              critic_seed(0, necessary.model_copy(update={"threshold": 0.45})),
+              critic_seed(0, necessary.model_copy(update={"components": ("mlp.1",)})),
+              critic_seed(0, necessary.model_copy(update={"kind": "opposition"})),
+              critic_seed(0, necessary.model_copy(update={"method": "mean"})),
+              critic_seed(0, DirectClaim(id="c1", components=("mlp.2",), threshold=0.5))]
+    assert len({seed, *others}) == 1 + len(others)
+
+
+def test_an_examine_job_stored_with_the_claims_place_as_its_seed_still_loads():
+    """Runs checkpointed before claim-content seeds stored ``seed``; they resume without it."""
+    from agents.steps import JOB, ExamineJob
+
+    claim = {"id": "c1", "kind": "necessity", "components": ["mlp.2"], "threshold": 0.5}
+    job = JOB.validate_python({"step": "examine", "claim": claim, "seed": 4})
+    assert isinstance(job, ExamineJob) and "seed" not in job.model_dump()
+    with pytest.raises(Exception, match="extra"):
+        JOB.validate_python({"step": "examine", "claim": claim, "sead": 4})

@@ -368,7 +368,10 @@ def test_the_report_says_what_each_step_cost_and_the_steps_add_up_to_the_run(fin
 
 def test_the_critic_draws_other_controls_for_another_run_seed(tmp_path, capsys):
     """Seeds of one question are separate measurements: the critic's controls follow the run's seed."""
-    from agents.critic import control_sets
+    from pydantic import TypeAdapter
+
+    from agents.claims import AnyClaim
+    from agents.critic import control_sets, critic_seed
     from memory.runstore import RunStore
     from memory.workspace import Workspace
 
@@ -381,7 +384,9 @@ def test_the_critic_draws_other_controls_for_another_run_seed(tmp_path, capsys):
         store = RunStore(ws)
         claims = store.open(out["run_id"]).claims()
         seeds = [c.details["seed"] for c in claims]
-        assert len(set(seeds)) == len(seeds) and all(3000 <= s < 4000 for s in seeds), seeds
+        parse = TypeAdapter(AnyClaim).validate_python
+        tested = [parse(c.details["claim"]) for c in claims]
+        assert seeds == [critic_seed(3, c) for c in tested] and len(set(seeds)) == len(seeds), seeds
         moved = 0
         for claim in claims:
             if claim.details["kind"] != "necessity":
@@ -389,7 +394,8 @@ def test_the_critic_draws_other_controls_for_another_run_seed(tmp_path, capsys):
             stored = [list(store.cache.get(key).spec.components) for key in claim.evidence[2:]]
             drawn = control_sets(pool, set(claim.components), 3, seed=claim.details["seed"], avoid=named)
             assert sorted(map(sorted, stored)) == sorted(map(sorted, drawn)), claim.id
-            seed_zero = control_sets(pool, set(claim.components), 3, seed=claim.details["seed"] - 3000, avoid=named)
+            seed_zero = control_sets(pool, set(claim.components), 3,
+                                     seed=critic_seed(0, parse(claim.details["claim"])), avoid=named)
             moved += sorted(map(sorted, seed_zero)) != sorted(map(sorted, drawn))
         assert moved, "every control set is the one run seed 0 draws"
 
@@ -468,7 +474,7 @@ def test_the_graph_not_the_brain_says_which_components_the_critics_controls_avoi
     from agents.graph import dispatched
 
     claims = [{"claim": {"id": "a", "components": ["mlp.0", "head.1.2"]}}, {"claim": {"id": "r", "components": []}}]
-    job = {"step": "examine", "claim": {"id": "a"}, "seed": 1, "named": ["head.0.0"]}
+    job = {"step": "examine", "claim": {"id": "a"}, "named": ["head.0.0"]}
     assert dispatched(job, claims) == {**job, "named": ["head.1.2", "mlp.0"]}
     assert dispatched({"step": "rank"}, claims) == {"step": "rank"}
 

@@ -609,7 +609,7 @@ def _seeds(behavior: dict, context: dict, claims: list[Claim]) -> list[Prose]:
     critic = sorted({c.details["seed"] for c in claims if "seed" in c.details})
     if critic:
         lines.append(Prose(text=f"Critic seeds (random control sets, random directions, bootstrap resamples): "
-                                f"{', '.join(map(str, critic))} — one per claim (the run's seed × 1000 + the claim's number)."))
+                                f"{', '.join(map(str, critic))} — one per claim (a hash of the run's seed and the claim)."))
     return lines
 
 

@@ -26,8 +26,9 @@ Metric = Literal["logit_diff", "prob_diff"]
 
 MAX_SEED = 2**32 - 1
 """The largest seed a user may give (``--seed``, a spec's ``seed``, a question's ``seeds``). The
-seeds derived from one (the critic's ``seed * 1000 + i``, the held-out split's ``seed + 1000``) then
-stay within what numpy's and torch's generators and the run checkpoints hold (64 bits)."""
+seeds derived from one (the critic's per-claim seed, itself below 2**32, and the ``seed * 1000 + i``
+of its random directions; the held-out split's ``seed + 1000``) then stay within what numpy's and
+torch's generators and the run checkpoints hold (64 bits)."""
 
 
 def check_seed(seed: int) -> int:
