@@ -77,7 +77,11 @@ def diff_models(question: str, *, base: str, model: str, spec_file: str | None =
         run.update(status="running")
         from agents.report.render import reported
 
-        with reported(run, started):
+        from tools.experiments.memo import SharedRuns, sharing_runs
+
+        # the diff's experiments share unpatched runs and ablation baselines, per model, as an
+        # investigation's do (`tools.experiments.memo`: keyed by the model's weights)
+        with reported(run, started), sharing_runs(SharedRuns()):
             run.write_investigation(measure_diff(run, a, b, behavior, declarer, seed=seed))
         return diff_summary(run)
 

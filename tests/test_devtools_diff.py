@@ -203,6 +203,28 @@ def test_diff_is_stored_as_a_run_with_its_report(trigger_diff):
     assert html.count("<svg") >= 9
 
 
+def test_diff_shares_unpatched_runs_and_finds_the_same_with_fewer_forward_passes(trigger_diff, monkeypatch):
+    """The diff's experiments share runs per model (`tools.experiments.memo`); with the memo
+    holding nothing, the same diff measures the same numbers at a higher forward-pass cost."""
+    import io
+    from contextlib import redirect_stdout
+
+    import tools.experiments.memo as memo
+
+    out, workspace = trigger_diff
+    holds_nothing = memo.SharedRuns
+    monkeypatch.setattr(memo, "SharedRuns", lambda: holds_nothing(max_bytes=0))
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(["diff", "Why does the trigger word produce its token?", "--base", "organism-default",
+                     "--model", "organism-planted", "--n", "32", "--seed", "2", "--workspace",
+                     str(workspace.parent / "unshared"), "--json"]) == 0
+    unshared = json.loads(buf.getvalue())
+    same = ("changes", "top_changed", "investigation", "significant", "weight_changes")
+    assert {k: out[k] for k in same} == {k: unshared[k] for k in same}
+    assert out["cost"]["forward_passes"] < unshared["cost"]["forward_passes"]
+
+
 def test_diff_controls_stay_outside_every_examined_component(trigger_diff):
     from memory.runstore import RunStore
     from memory.workspace import Workspace
