@@ -246,10 +246,12 @@ def test_a_claims_critic_seed_follows_the_claim_and_the_run_seed_not_its_place_o
 
 def test_an_examine_job_stored_with_the_claims_place_as_its_seed_still_loads():
     """Runs checkpointed before claim-content seeds stored ``seed``; they resume without it."""
+    from pydantic import ValidationError
+
     from agents.steps import JOB, ExamineJob
 
     claim = {"id": "c1", "kind": "necessity", "components": ["mlp.2"], "threshold": 0.5}
     job = JOB.validate_python({"step": "examine", "claim": claim, "seed": 4})
     assert isinstance(job, ExamineJob) and "seed" not in job.model_dump()
-    with pytest.raises(Exception, match="extra"):
+    with pytest.raises(ValidationError, match="extra_forbidden"):
         JOB.validate_python({"step": "examine", "claim": claim, "sead": 4})
