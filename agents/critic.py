@@ -30,10 +30,18 @@ prompts), with:
    for the CI) against the threshold; `holm_adjust` corrects the p-values of all claims of a
    run together.
 
-Verdict (`verdict_for`): **supported** when both methods put their whole CI above the
-threshold, every control is beaten, and the Holm-adjusted p-value is below alpha; **refuted**
-when the replication CI lies wholly below the threshold; **inconclusive** otherwise (the
-report shows every number). Every experiment goes through ``run.experiment`` (the workspace's
+Verdict (`verdict_for`): **supported** when the replication's CI lies wholly above the
+threshold, the second method's estimate is above it too, every control is beaten, and the
+Holm-adjusted p-value is below alpha; **refuted** when the replication CI lies wholly below the
+threshold; **inconclusive** otherwise (the report shows every number, the second method's CI
+included). The test of the claim is the replication's, and its p-value is the one Holm corrects;
+the second method is a check that the size does not hang on one choice of method, so it has to
+agree (its estimate clears the prediction), not pass a second, uncorrected significance test of
+its own. Requiring its whole CI too let the noisier method decide: on gemma-3-270m the second
+method's CI was a median 2.7 times as wide as the replication's for circuit claims and 4.5 times
+for single components (the claims of four benchmark evals), so circuits and components clear of
+the prediction by replication, with a mean-ablation estimate above it, were left inconclusive,
+and circuits were grown until the spread shrank. Every experiment goes through ``run.experiment`` (the workspace's
 cache), so re-testing a claim after a crash pays nothing twice. Within an investigation the
 ablations of all claims share the clean run of the fresh prompts, their corrupted run or means,
 and the everything-ablated baseline (`tools.experiments.memo`): a set claim's five ablations
@@ -170,7 +178,7 @@ def verdict_for(test: ClaimTest, *, alpha: float = 0.05) -> Verdict:
     bound = test.claim.threshold
     if test.replication.high < bound:
         return "refuted"
-    if (test.replication.low > bound and test.second_ablation.low > bound and test.beats_controls
+    if (test.replication.low > bound and test.second_ablation.estimate > bound and test.beats_controls
             and test.adjusted_p < alpha):
         return "supported"
     return "inconclusive"

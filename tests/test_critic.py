@@ -127,6 +127,27 @@ def test_claims_that_cannot_be_examined_say_why(planted, run):
         verdict_for(unadjusted)
 
 
+def test_the_second_method_must_agree_on_the_size_not_pass_a_second_significance_test():
+    """The verdict rule on the numbers alone: the replication's CI decides; the second method's
+    estimate has to clear the prediction too, whatever its CI's width."""
+    from agents.critic import ClaimTest
+    from tools.stats import Interval
+
+    def tested(replication, second, controls=(0.0, 0.01, 0.02), p=0.001):
+        ci = lambda e, lo, hi: Interval(estimate=e, low=lo, high=hi, n=32, confidence=0.95)  # noqa: E731
+        return ClaimTest(claim=SetClaim(id="c", components=("mlp.3",), kind="faithfulness", threshold=0.8),
+                         replication=ci(*replication), second_ablation=ci(*second), second_method="mean ablation",
+                         controls=controls, control_kind="random sets", p_value=p, adjusted_p=p, n=32, evidence=())
+
+    # gemma-3-270m's facts circuit at seed 0: replication clear of 0.8, mean ablation's CI wide
+    assert verdict_for(tested((0.895, 0.826, 0.959), (0.860, 0.743, 1.017))) == "supported"
+    assert verdict_for(tested((0.895, 0.826, 0.959), (0.790, 0.700, 0.900))) == "inconclusive"  # disagrees
+    assert verdict_for(tested((0.895, 0.826, 0.959), (0.860, 0.743, 1.017), controls=(0.9,))) == "inconclusive"
+    assert verdict_for(tested((0.895, 0.826, 0.959), (0.860, 0.743, 1.017), p=0.06)) == "inconclusive"
+    assert verdict_for(tested((0.85, 0.78, 0.92), (0.95, 0.90, 1.0))) == "inconclusive"  # replication straddles
+    assert verdict_for(tested((0.70, 0.62, 0.79), (0.95, 0.90, 1.0))) == "refuted"
+
+
 def test_a_circuit_faithful_under_one_ablation_only_is_inconclusive_not_supported(run):
     """IOI on the default organism, MLPs kept, ablating at every position: three heads keep the
     logit difference under resample ablation but not under mean ablation (one mean over every
