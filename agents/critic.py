@@ -41,11 +41,13 @@ its own. Requiring its whole CI too let the noisier method decide: on gemma-3-27
 method's CI was a median 2.7 times as wide as the replication's for circuit claims and 4.5 times
 for single components (the claims of four benchmark evals), so circuits and components clear of
 the prediction by replication, with a mean-ablation estimate above it, were left inconclusive,
-and circuits were grown until the spread shrank. Every experiment goes through ``run.experiment`` (the workspace's
-cache), so re-testing a claim after a crash pays nothing twice. Within an investigation the
-ablations of all claims share the clean run of the fresh prompts, their corrupted run or means,
-and the everything-ablated baseline (`tools.experiments.memo`): a set claim's five ablations
-then forward the claimed set and the controls, not five copies of the same three runs.
+and circuits were grown until the spread shrank.
+
+Every experiment goes through ``run.experiment`` (the workspace's cache), so re-testing a claim
+after a crash pays nothing twice. Within an investigation the ablations of all claims share the
+clean run of the fresh prompts, their corrupted run or means, and the everything-ablated baseline
+(`tools.experiments.memo`): a set claim's five ablations then forward the claimed set and the
+controls, not five copies of the same three runs.
 
 The random draws (control sets, random directions, bootstrap resamples) for a claim come from
 `critic_seed`: a hash of the run's seed and what the claim says, not of its place among the
