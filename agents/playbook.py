@@ -22,7 +22,11 @@ outcomes of the steps in `agents.steps`) and returns the next phase with its job
 7. **steer** along the clean − corrupted direction where the information arrives at the final
    position.
 8. **claims**, each with a pre-registered prediction, for the **critic** (`agents.critic`); if
-   the circuit does not survive it, grow a larger one once and test again. Besides the
+   the circuit does not survive it, grow a larger one and test again (at most
+   ``max_extensions`` times). A circuit that reached the target on the discovery prompts is
+   grown with a margin: its own components first, then the other candidates that restore the
+   answer, then those that work against it (`extension_candidates`); when none reached it, the
+   ranking gets more room. Besides the
    circuit, each component the noising sweep found *necessary on its own* (removing at least
    ``individual_share`` of the logit difference) that the circuit search did not need is a
    claim of its own (at most ``max_individual``): a minimal circuit can leave out components
@@ -109,9 +113,11 @@ class HeuristicBrain:
             circuit = last["circuit"]
             if not done and extensions < self.max_extensions and \
                     len(circuit["components"]) < len(last["rank"]["order"]):
-                order = circuit_candidates(last["rank"])
                 # a circuit that reached the target but failed on fresh prompts is grown with a
-                # margin; one that never reached it gets more room at the same target
+                # margin, by the components that help it; when no prefix reached the target, the
+                # ranking gets more room at the same target
+                order = (extension_candidates(last["rank"], circuit["components"]) if faithful
+                         else circuit_candidates(last["rank"]))
                 target = min(0.95, self.target + 0.1 * len(faithful)) if faithful else self.target
                 return {"phase": "extend", "jobs": [{
                     "step": "circuit", "order": order, "target": target,
@@ -335,6 +341,20 @@ def circuit_candidates(rank: dict) -> list[str]:
     """The ranking with its significant components first (pruning: they go deeper first)."""
     significant = set(rank["significant"])
     return list(rank["significant"]) + [c for c in rank["order"] if c not in significant]
+
+
+def extension_candidates(rank: dict, circuit: list[str]) -> list[str]:
+    """The order a circuit that reached the target on the discovery prompts but did not survive
+    the critic is grown in (with a margin): its own components first, then the
+    other candidates that restore the answer (denoising effect ≥ 0), then those that work
+    against it, each group in `circuit_candidates` order. Kept intact, a component that pushes
+    towards the foil lowers what the circuit keeps, so growing past it asks for more helpers
+    than the margin needs; such components get claims of their own (`_opposition_claims`)."""
+    kept = list(circuit)
+    rest = [c for c in circuit_candidates(rank) if c not in set(kept)]
+    effects = rank["effects"]
+    helpers = [c for c in rest if (effects.get(c) or 0.0) >= 0]
+    return kept + helpers + [c for c in rest if c not in set(helpers)]
 
 
 def latest_outcomes(state: dict[str, Any]) -> dict[str, dict]:

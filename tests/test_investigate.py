@@ -470,6 +470,32 @@ def test_components_whose_removal_raises_the_logit_difference_get_opposition_cla
     assert ("head.1.1",) not in [c.claim.components for c in HeuristicBrain()._opposition_claims(last, roles)]
 
 
+def test_a_circuit_the_critic_did_not_support_grows_by_its_helpers_before_what_works_against_the_answer():
+    from agents.playbook import HeuristicBrain
+
+    rank = {"order": ["mlp.3", "head.12.2", "head.11.3", "head.13.3", "head.11.2", "mlp.5", "head.9.1", "mlp.0"],
+            "effects": {"mlp.3": 0.9, "head.12.2": 0.76, "head.11.3": -0.23, "head.13.3": -0.18, "head.11.2": 0.18,
+                        "mlp.5": 0.11, "head.9.1": -0.01, "mlp.0": 0.001},
+            "significant": ["mlp.3", "head.12.2", "head.11.3", "head.13.3", "head.11.2", "mlp.5"]}
+    circuit = {"step": "circuit", "components": ["mlp.3", "head.12.2"], "faithfulness": 0.83}
+    claim = {"claim": {"id": "circuit-faithful", "components": ["mlp.3", "head.12.2"]}}
+    state = {"phase": "critic", "outcomes": [{"step": "rank", **rank}, circuit], "claims": [claim],
+             "verdicts": {"circuit-faithful": "inconclusive"}}
+    plan = HeuristicBrain(target=0.8, max_circuit=4).plan(state)
+    assert plan["phase"] == "extend"
+    (job,) = plan["jobs"]
+    # the circuit itself, then the significant helpers, the other helpers, and last what opposes
+    assert job["order"] == ["mlp.3", "head.12.2", "head.11.2", "mlp.5", "mlp.0", "head.11.3", "head.13.3", "head.9.1"]
+    assert job["target"] == pytest.approx(0.9) and job["max_size"] == 8
+    # no prefix reached the target on the discovery prompts: the ranking itself gets more room
+    unclaimed = {**state, "claims": [], "verdicts": {}}
+    (job,) = HeuristicBrain(target=0.8, max_circuit=4).plan(unclaimed)["jobs"]
+    assert job["order"] == ["mlp.3", "head.12.2", "head.11.3", "head.13.3", "head.11.2", "mlp.5", "head.9.1", "mlp.0"]
+    assert job["target"] == pytest.approx(0.8)
+    state["verdicts"]["circuit-faithful"] = "supported"
+    assert HeuristicBrain().plan(state) == {"phase": "report", "jobs": []}
+
+
 def test_the_graph_not_the_brain_says_which_components_the_critics_controls_avoid():
     from agents.graph import dispatched
 
