@@ -349,12 +349,15 @@ def extension_candidates(rank: dict, circuit: list[str]) -> list[str]:
     other candidates that restore the answer (denoising effect ≥ 0), then those that work
     against it, each group in `circuit_candidates` order. Kept intact, a component that pushes
     towards the foil lowers what the circuit keeps, so growing past it asks for more helpers
-    than the margin needs; such components get claims of their own (`_opposition_claims`)."""
+    than the margin needs; those whose removal raises the logit difference by at least
+    ``individual_share`` get claims of their own (`_opposition_claims`)."""
     kept = list(circuit)
-    rest = [c for c in circuit_candidates(rank) if c not in set(kept)]
+    members = set(kept)
+    rest = [c for c in circuit_candidates(rank) if c not in members]
     effects = rank["effects"]
     helpers = [c for c in rest if (effects.get(c) or 0.0) >= 0]
-    return kept + helpers + [c for c in rest if c not in set(helpers)]
+    against = [c for c in rest if not (effects.get(c) or 0.0) >= 0]
+    return kept + helpers + against
 
 
 def latest_outcomes(state: dict[str, Any]) -> dict[str, dict]:
