@@ -355,9 +355,9 @@ def extension_candidates(rank: dict, circuit: list[str]) -> list[str]:
     members = set(kept)
     rest = [c for c in circuit_candidates(rank) if c not in members]
     effects = rank["effects"]
-    helpers = [c for c in rest if (effects.get(c) or 0.0) >= 0]
-    against = [c for c in rest if not (effects.get(c) or 0.0) >= 0]
-    return kept + helpers + against
+    # a stable sort: helpers (False) before the rest (True), each group in its own order; a NaN
+    # effect is no helper
+    return kept + sorted(rest, key=lambda c: not (effects.get(c) or 0.0) >= 0)
 
 
 def latest_outcomes(state: dict[str, Any]) -> dict[str, dict]:
