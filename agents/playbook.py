@@ -12,7 +12,10 @@ outcomes of the steps in `agents.steps`) and returns the next phase with its job
    corrupted run (denoising) and what it removes from the clean run (noising); only
    *significant* components (denoising effect clear of zero) are candidates first.
 4. **circuit**: the smallest prefix of that ranking that keeps the target share (80%) of the
-   logit difference under both resample and mean ablation of everything else.
+   logit difference under both resample and mean ablation of everything else, and never more
+   than half of the model's heads and MLPs (``max_share``): a set that is most of the model
+   keeps the behaviour without explaining it, so past that the search reports that no sparse
+   circuit reached the target.
 5. **roles** of the circuit's components: direct logit attribution, direct paths to the logits
    (the *writers*), and what the final token attends to — the answer's earlier occurrence
    (*movers*) or the tokens the corruption changed (*readers*: how the model tells the answer
@@ -26,7 +29,7 @@ outcomes of the steps in `agents.steps`) and returns the next phase with its job
    ``max_extensions`` times). A circuit that reached the target on the discovery prompts is
    grown with a margin: its own components first, then the other candidates that restore the
    answer, then those that work against it (`extension_candidates`); when none reached it, the
-   ranking gets more room. Besides the
+   ranking gets more room (never past ``max_share``). Besides the
    circuit, each component the noising sweep found *necessary on its own* (removing at least
    ``individual_share`` of the logit difference) that the circuit search did not need is a
    claim of its own (at most ``max_individual``): a minimal circuit can leave out components
@@ -56,8 +59,9 @@ class HeuristicBrain:
 
     def __init__(self, *, target: float = 0.8, max_circuit: int = 24, reader_attention: float = 0.2,
                  writer_share: float = 0.1, max_roles: int = 16, max_extensions: int = 2,
-                 individual_share: float = 0.1, max_individual: int = 4) -> None:
+                 individual_share: float = 0.1, max_individual: int = 4, max_share: float = 0.5) -> None:
         self.target = target
+        self.max_share = max_share
         self.individual_share = individual_share
         self.max_individual = max_individual
         self.max_circuit = max_circuit
@@ -85,7 +89,7 @@ class HeuristicBrain:
             order = circuit_candidates(rank)
             return {"phase": "circuit", "hypotheses": [self._rank_hypothesis(rank)],
                     "jobs": [{"step": "circuit", "order": order, "target": self.target,
-                              "max_size": self.max_circuit}]}
+                              "max_size": min(self.max_circuit, self._largest_circuit(rank))}]}
         if phase == "circuit":
             components = last["circuit"]["components"][: self.max_roles]
             return {"phase": "roles", "jobs": [{"step": "roles", "components": components}]}
@@ -111,17 +115,19 @@ class HeuristicBrain:
             done = bool(faithful) and state.get("verdicts", {}).get(faithful[-1]) == "supported"
             extensions = sum(1 for o in state.get("outcomes", []) if o["step"] == "circuit") - 1
             circuit = last["circuit"]
-            if not done and extensions < self.max_extensions and \
-                    len(circuit["components"]) < len(last["rank"]["order"]):
-                # a circuit that reached the target but failed on fresh prompts is grown with a
-                # margin, by the components that help it; when no prefix reached the target, the
-                # ranking gets more room at the same target
+            n, largest = len(last["rank"]["order"]), self._largest_circuit(last["rank"])
+            size = min(n, (2 + extensions) * self.max_circuit, largest)
+            # a circuit that reached the target but failed on fresh prompts is grown with a margin,
+            # by the components that help it; when no prefix reached the target, the ranking gets
+            # more room at the same target, if there is more (the last search stopped at `before`)
+            before = min(n, (1 + extensions) * self.max_circuit, largest)
+            if not done and extensions < self.max_extensions and len(circuit["components"]) < largest \
+                    and (faithful or size > before):
                 order = (extension_candidates(last["rank"], circuit["components"]) if faithful
                          else circuit_candidates(last["rank"]))
                 target = min(0.95, self.target + 0.1 * len(faithful)) if faithful else self.target
-                return {"phase": "extend", "jobs": [{
-                    "step": "circuit", "order": order, "target": target,
-                    "max_size": min(len(order), (2 + extensions) * self.max_circuit)}]}
+                return {"phase": "extend", "jobs": [{"step": "circuit", "order": order, "target": target,
+                                                     "max_size": size}]}
             return {"phase": "report", "jobs": []}
         if phase == "extend":
             circuit = last["circuit"]
@@ -136,6 +142,11 @@ class HeuristicBrain:
             new = [self._faithful_claim(circuit, claim_id)]
             return {"phase": "recheck", "claims": claims + new, "jobs": _examine(new)}
         return {"phase": "report", "jobs": []}
+
+    def _largest_circuit(self, rank: dict) -> int:
+        """The most components a circuit may have: ``max_share`` of every head and MLP the
+        ranking covers (the whole universe), at least one."""
+        return max(1, int(self.max_share * len(rank["order"])))
 
     # -- the worker's interpretation: claims with pre-registered predictions ----------------------
     def claims(self, state: dict[str, Any], last: dict[str, dict]) -> list[dict[str, Any]]:

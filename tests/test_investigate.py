@@ -485,7 +485,7 @@ def test_a_circuit_the_critic_did_not_support_grows_by_its_helpers_before_what_w
     claim = {"claim": {"id": "circuit-faithful", "components": ["mlp.3", "head.12.2"]}}
     state = {"phase": "critic", "outcomes": [{"step": "rank", **rank}, circuit], "claims": [claim],
              "verdicts": {"circuit-faithful": "inconclusive"}}
-    plan = HeuristicBrain(target=0.8, max_circuit=4).plan(state)
+    plan = HeuristicBrain(target=0.8, max_circuit=4, max_share=1.0).plan(state)
     assert plan["phase"] == "extend"
     (job,) = plan["jobs"]
     # the circuit itself, then the significant helpers, the other helpers, and last what opposes
@@ -493,11 +493,38 @@ def test_a_circuit_the_critic_did_not_support_grows_by_its_helpers_before_what_w
     assert job["target"] == pytest.approx(0.9) and job["max_size"] == 8
     # no prefix reached the target on the discovery prompts: the ranking itself gets more room
     unclaimed = {**state, "claims": [], "verdicts": {}}
-    (job,) = HeuristicBrain(target=0.8, max_circuit=4).plan(unclaimed)["jobs"]
+    (job,) = HeuristicBrain(target=0.8, max_circuit=4, max_share=1.0).plan(unclaimed)["jobs"]
     assert job["order"] == ["mlp.3", "head.12.2", "head.11.3", "head.13.3", "head.11.2", "mlp.5", "head.9.1", "mlp.0"]
     assert job["target"] == pytest.approx(0.8)
     state["verdicts"]["circuit-faithful"] = "supported"
     assert HeuristicBrain().plan(state) == {"phase": "report", "jobs": []}
+
+
+def test_no_circuit_search_goes_past_half_of_the_model_and_none_repeats_one_with_no_more_room():
+    from agents.playbook import HeuristicBrain
+
+    names = [f"head.{layer}.{h}" for layer in range(4) for h in range(4)] + [f"mlp.{layer}" for layer in range(4)]
+    rank = {"order": names, "effects": {c: 0.5 - 0.01 * i for i, c in enumerate(names)}, "significant": names[:6]}
+    brain = HeuristicBrain(target=0.8, max_circuit=24)
+    (job,) = brain.plan({"phase": "rank", "outcomes": [{"step": "rank", **rank}]})["jobs"]
+    assert job["max_size"] == 10  # half of 20, under max_circuit
+
+    def after_critic(components, claims, verdicts):
+        circuit = {"step": "circuit", "components": components, "faithfulness": 0.85}
+        return brain.plan({"phase": "critic", "outcomes": [{"step": "rank", **rank}, circuit],
+                           "claims": claims, "verdicts": verdicts})
+
+    faithful = [{"claim": {"id": "circuit-faithful", "components": names[:4]}}]
+    plan = after_critic(names[:4], faithful, {"circuit-faithful": "inconclusive"})
+    assert plan["phase"] == "extend" and plan["jobs"][0]["max_size"] == 10
+    # a circuit at the cap is not grown; nor is one whose search had all the room there is
+    assert after_critic(names[:10], faithful, {"circuit-faithful": "inconclusive"})["phase"] == "report"
+    assert after_critic(names[:7], [], {})["phase"] == "report"
+    # on a model of 90 components the unreached search gets more room, up to 45
+    big = [f"head.{layer}.{h}" for layer in range(18) for h in range(4)] + [f"mlp.{layer}" for layer in range(18)]
+    rank = {"order": big, "effects": {c: 0.5 for c in big}, "significant": big[:30]}
+    plan = after_critic(big[:24], [], {})
+    assert plan["phase"] == "extend" and plan["jobs"][0]["max_size"] == 45 and plan["jobs"][0]["target"] == 0.8
 
 
 def test_the_graph_not_the_brain_says_which_components_the_critics_controls_avoid():

@@ -328,3 +328,14 @@ def test_the_stored_tensor_is_read_not_a_copy_of_the_outcome(ioi_report):
     expected = stored.tensors[name]
     got = torch.tensor([[float("nan") if v is None else v for v in row] for row in resid.chart.values])
     assert torch.allclose(got, expected.to(got.dtype), equal_nan=True)
+
+
+def test_the_findings_say_when_no_circuit_reached_the_target():
+    from agents.report.build import _findings
+
+    circuit = {"components": ["mlp.0", "head.1.2"], "target": 0.8, "by_method": {"resample": 0.61, "mean": 0.55},
+               "sizes": [{"size": s, "method": "resample", "faithfulness": 0.1 * s} for s in range(1, 11)]}
+    (missed,) = [p.text for p in _findings({"circuit": {**circuit, "reached": False}})]
+    assert "No prefix of up to 10 components reached the target" in missed
+    (found,) = [p.text for p in _findings({"circuit": {**circuit, "reached": True}})]
+    assert "No prefix" not in found and "sizes tried [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]" in found

@@ -295,8 +295,10 @@ def _findings(m: dict[str, Any]) -> list[Prose]:
         c = m["circuit"]
         methods = ", ".join(f"{k} {v:.2f}" for k, v in c["by_method"].items() if v is not None)
         sizes = sorted({s["size"] for s in c["sizes"]})
+        missed = ("" if c["reached"] or not sizes else
+                  f" No prefix of up to {max(sizes)} components reached the target; this is the best one tried.")
         lines.append(f"Circuit search: {len(c['components'])} components, faithfulness {methods or 'not measured'} "
-                     f"(target {c['target']:.2f}; sizes tried {sizes}).")
+                     f"(target {c['target']:.2f}; sizes tried {sizes}).{missed}")
     if "roles" in m:
         parts = []
         for name, r in m["roles"]["roles"].items():
