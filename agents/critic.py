@@ -83,6 +83,7 @@ from tools.experiments.steering import MeanDifferenceDirection
 from tools.stats import (
     Interval,
     Verdict,
+    decide,
     holm,
     random_component_sets,
     ratio_bootstrap_ci,
@@ -177,13 +178,14 @@ def verdict_for(test: ClaimTest, *, alpha: float = 0.05) -> Verdict:
     if test.adjusted_p is None:
         raise UserInputError(f"claim {test.claim.id}: adjust the p-values across the run's claims "
                              "(holm_adjust) before deciding")
-    bound = test.claim.threshold
-    if test.replication.high < bound:
-        return "refuted"
-    if (test.replication.low > bound and test.second_ablation.estimate > bound and test.beats_controls
-            and test.adjusted_p < alpha):
-        return "supported"
-    return "inconclusive"
+    bound, p = test.claim.threshold, test.adjusted_p
+    # the replication decides as any one-sided prediction does (`tools.stats.decide`; a p-value
+    # that could not be computed supports nothing); the second method and the controls can only
+    # hold a "supported" back
+    verdict = decide(test.replication, predicted_at_least=bound, adjusted_p=p if p == p else 1.0, alpha=alpha)
+    if verdict == "supported" and not (test.second_ablation.estimate > bound and test.beats_controls):
+        return "inconclusive"
+    return verdict
 
 
 # -- set claims: ablation --------------------------------------------------------------------

@@ -146,6 +146,10 @@ def test_the_second_method_must_agree_on_the_size_not_pass_a_second_significance
     assert verdict_for(tested((0.895, 0.826, 0.959), (0.860, 0.743, 1.017), p=0.06)) == "inconclusive"
     assert verdict_for(tested((0.85, 0.78, 0.92), (0.95, 0.90, 1.0))) == "inconclusive"  # replication straddles
     assert verdict_for(tested((0.70, 0.62, 0.79), (0.95, 0.90, 1.0))) == "refuted"
+    # refuted whatever the p-value and the controls; a p-value that is not a number supports nothing
+    assert verdict_for(tested((0.70, 0.62, 0.79), (0.5, 0.4, 0.6), controls=(0.9,), p=1.0)) == "refuted"
+    assert verdict_for(tested((0.895, 0.826, 0.959), (0.860, 0.743, 1.017), p=float("nan"))) == "inconclusive"
+    assert verdict_for(tested((0.70, 0.62, 0.79), (0.95, 0.90, 1.0), p=float("nan"))) == "refuted"
 
 
 def test_a_circuit_faithful_under_one_ablation_only_is_inconclusive_not_supported(run):
