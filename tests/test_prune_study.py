@@ -22,8 +22,8 @@ def _digest(folder: Path) -> dict[str, str]:
 def board(tmp_path_factory):
     root = tmp_path_factory.mktemp("prune")
     questions = root / "q.yaml"
-    questions.write_text("questions:\n  - id: induction\n    question: \"How does the model continue a repeated "
-                         "sequence of words (induction)?\"\n    key: default-induction\n    n: 24\n    judge_n: 48\n")
+    questions.write_text("questions:\n  - id: ioi\n    question: \"Which heads move the indirect object's name "
+                         "(IOI)?\"\n    key: default-ioi\n    n: 24\n    judge_n: 48\n")
     assert sleuth(["eval", "--questions", str(questions), "--workspace", str(root / "ev"), "--out",
                    str(root / "board.json")]) == 0
     return root / "board.json", root / "ev"
