@@ -89,7 +89,7 @@ class HeuristicBrain:
             order = circuit_candidates(rank)
             return {"phase": "circuit", "hypotheses": [self._rank_hypothesis(rank)],
                     "jobs": [{"step": "circuit", "order": order, "target": self.target,
-                              "max_size": min(self.max_circuit, self._largest_circuit(rank))}]}
+                              "max_size": self._room(rank, 1)}]}
         if phase == "circuit":
             components = last["circuit"]["components"][: self.max_roles]
             return {"phase": "roles", "jobs": [{"step": "roles", "components": components}]}
@@ -115,14 +115,12 @@ class HeuristicBrain:
             done = bool(faithful) and state.get("verdicts", {}).get(faithful[-1]) == "supported"
             extensions = sum(1 for o in state.get("outcomes", []) if o["step"] == "circuit") - 1
             circuit = last["circuit"]
-            n, largest = len(last["rank"]["order"]), self._largest_circuit(last["rank"])
-            size = min(n, (2 + extensions) * self.max_circuit, largest)
             # a circuit that reached the target but failed on fresh prompts is grown with a margin,
             # by the components that help it; when no prefix reached the target, the ranking gets
-            # more room at the same target, if there is more (the last search stopped at `before`)
-            before = min(n, (1 + extensions) * self.max_circuit, largest)
-            if not done and extensions < self.max_extensions and len(circuit["components"]) < largest \
-                    and (faithful or size > before):
+            # more room at the same target, if there is more than the last search had
+            size, before = self._room(last["rank"], 2 + extensions), self._room(last["rank"], 1 + extensions)
+            if not done and extensions < self.max_extensions and \
+                    len(circuit["components"]) < self._largest_circuit(last["rank"]) and (faithful or size > before):
                 order = (extension_candidates(last["rank"], circuit["components"]) if faithful
                          else circuit_candidates(last["rank"]))
                 target = min(0.95, self.target + 0.1 * len(faithful)) if faithful else self.target
@@ -147,6 +145,11 @@ class HeuristicBrain:
         """The most components a circuit may have: ``max_share`` of every head and MLP the
         ranking covers (the whole universe), at least one."""
         return max(1, int(self.max_share * len(rank["order"])))
+
+    def _room(self, rank: dict, search: int) -> int:
+        """The most components the ``search``-th circuit search (1: the first) may try:
+        ``search`` × ``max_circuit``, within the model and `_largest_circuit`."""
+        return min(len(rank["order"]), search * self.max_circuit, self._largest_circuit(rank))
 
     # -- the worker's interpretation: claims with pre-registered predictions ----------------------
     def claims(self, state: dict[str, Any], last: dict[str, dict]) -> list[dict[str, Any]]:
