@@ -21,6 +21,8 @@
   ``linear_limit`` candidates it tries sizes 1, 2, 3, ...; beyond, it doubles the size until
   the target is reached and then bisects (faithfulness of a prefix is close to monotone in
   practice, not in principle: the sizes tried are reported).
+- `largest_circuit`: the most components a circuit may have, ``MAX_CIRCUIT_SHARE`` (half) of
+  every head and MLP. The `Toolbox` holds every circuit search to it, whichever brain asked.
 
 All experiments go through ``run.experiment``: cached by content hash, counted in ``run.json``.
 """
@@ -73,6 +75,18 @@ class Ranking(BaseModel):
     @property
     def order(self) -> list[str]:
         return [c for c, _ in self.effects]
+
+
+MAX_CIRCUIT_SHARE = 0.5
+"""No circuit may take more than this share of the model's heads and MLPs: a set that is most of
+the model keeps the behaviour almost by construction, overlaps the critic's random controls of
+its size, and says nothing about where the behaviour lives."""
+
+
+def largest_circuit(n_components: int, share: float = MAX_CIRCUIT_SHARE) -> int:
+    """The most components a circuit over ``n_components`` heads and MLPs may have: ``share`` of
+    them, at least one."""
+    return max(1, int(share * n_components))
 
 
 class CircuitSearch(BaseModel):

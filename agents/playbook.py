@@ -48,6 +48,7 @@ import math
 from typing import Any, Callable, Literal
 
 from agents.claims import DirectClaim, PathClaim, ProposedClaim, RoutingClaim, SetClaim, SteeringClaim
+from agents.localize import MAX_CIRCUIT_SHARE, largest_circuit
 from agents.report.answer import no_behaviour_answer
 from tools.components import parse_component
 
@@ -59,7 +60,8 @@ class HeuristicBrain:
 
     def __init__(self, *, target: float = 0.8, max_circuit: int = 24, reader_attention: float = 0.2,
                  writer_share: float = 0.1, max_roles: int = 16, max_extensions: int = 2,
-                 individual_share: float = 0.1, max_individual: int = 4, max_share: float = 0.5) -> None:
+                 individual_share: float = 0.1, max_individual: int = 4,
+                 max_share: float = MAX_CIRCUIT_SHARE) -> None:
         self.target = target
         self.max_share = max_share
         self.individual_share = individual_share
@@ -143,8 +145,9 @@ class HeuristicBrain:
 
     def _largest_circuit(self, rank: dict) -> int:
         """The most components a circuit may have: ``max_share`` of every head and MLP the
-        ranking covers (the whole universe), at least one."""
-        return max(1, int(self.max_share * len(rank["order"])))
+        ranking covers (the whole universe), at least one. The `Toolbox` holds every search to
+        `largest_circuit` whatever this says."""
+        return largest_circuit(len(rank["order"]), self.max_share)
 
     def _room(self, rank: dict, search: int) -> int:
         """The most components the ``search``-th circuit search (1: the first) may try:

@@ -13,7 +13,8 @@ step           what it runs
 ``lens``       the logit lens, and residual-stream patching by layer × position (where and
                when the information that decides the answer moves)
 ``rank``       activation (or attribution) patching of every head and MLP
-``circuit``    the smallest prefix of a ranking that keeps the target share under both ablations
+``circuit``    the smallest prefix of a ranking that keeps the target share under both ablations,
+               never longer than half of the model's heads and MLPs (`largest_circuit`)
 ``roles``      direct logit attribution, attention of the final token (to the answer, the
                foil, the changed tokens) and the direct paths to the logits of given components
 ``paths``      path patching from senders into a head's query, key and value inputs
@@ -35,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from agents.behavior import BehaviorSpec
 from agents.claims import AnyClaim
 from agents.critic import critic_seed, examine_claim
-from agents.localize import grow_circuit, rank_components
+from agents.localize import grow_circuit, largest_circuit, rank_components
 from agents.positions import label_position, position_tokens, scope_positions
 from agents.readouts import STEER_ALPHAS, read_confirm, read_lens, read_paths, read_roles, read_steer
 from agents.progress import Progress
@@ -84,6 +85,7 @@ class CircuitJob(_Job):
     """Candidates, most important first; the circuit is a prefix of them."""
     target: float = 0.8
     max_size: int | None = None
+    """Never more than `largest_circuit` (half of the model's heads and MLPs), whatever is asked."""
 
 
 class RolesJob(_Job):
@@ -308,8 +310,12 @@ class Toolbox:
                 "necessary": list(ranking.necessary), "evidence": list(ranking.evidence)}
 
     def _do_circuit(self, job: CircuitJob) -> dict[str, Any]:
+        # the cap binds here, in trusted code, so a job from an LLM planner cannot pass it either
+        adapter = self.model.adapter
+        cap = largest_circuit(adapter.n_layers * (adapter.n_heads + 1))
         found = grow_circuit(ToolboxRun(self), self.model, self.prompts, job.order, target=job.target,
-                             max_size=job.max_size, positions=self.positions, should_stop=self.out_of_budget)
+                             max_size=min(job.max_size or cap, cap), positions=self.positions,
+                             should_stop=self.out_of_budget)
         return found.model_dump(mode="json")
 
     def _do_roles(self, job: RolesJob) -> dict[str, Any]:

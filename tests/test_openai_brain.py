@@ -300,3 +300,29 @@ def test_injected_instructions_are_fenced_data_and_change_nothing(tmp_path, caps
     outside_spans = re.sub(r"(`+)(.+?)\1", "", report)
     assert INJECTION not in outside_spans.lower()
     assert "unknown tool 'delete_workspace'" in report
+
+
+def test_no_circuit_search_an_llm_planner_asks_for_goes_past_half_of_the_model(tmp_path, capsys):
+    """The half-model cap binds in trusted code: a planner that asks for a circuit over all 20 of
+    the organism's heads and MLPs, with room for all of them and a target only the whole model
+    reaches, gets a search that stops at 10."""
+    everything = [f"head.{layer}.{h}" for layer in range(4) for h in range(4)] + [f"mlp.{layer}" for layer in range(4)]
+    asked = []
+
+    def greedy(request, index):
+        if role_of(request) == "planner" and not asked:
+            asked.append(index)
+            return tool("run_steps", {"jobs": [{"step": "circuit", "order": everything, "target": 1.0,
+                                                "max_size": len(everything)}]})
+        return playbook(request, index)
+
+    with ScriptedLLM(greedy) as server:
+        out = _ask(capsys, tmp_path / "ws", server.url)
+    assert asked
+    outcomes = json.loads((Path(out["report"]["md"]).parents[1] / "investigation.json").read_text())["outcomes"]
+    searches = [o for o in outcomes if o["step"] == "circuit" and list(o["components"] or o["tried"])]
+    asked_for = [o for o in searches if o["target"] == 1.0]
+    assert asked_for, "the planner's circuit job did not run"
+    for search in searches:
+        assert max(size for size, _ in search["tried"]) <= 10, search["tried"]
+    assert not asked_for[0]["reached"] and max(size for size, _ in asked_for[0]["tried"]) == 10
