@@ -190,6 +190,8 @@ def grow_circuit(run: "Run", model: "LoadedModel", prompts: PromptPairs, order: 
         raise UserInputError("no components to build a circuit from")
     if not methods:
         raise UserInputError("grow_circuit needs at least one ablation method")
+    if max_size is not None and max_size < 1:
+        raise UserInputError(f"a circuit needs room for at least one component, not max_size {max_size}")
     limit = min(len(order), max_size or len(order))
     tried: dict[int, float | None] = {}
     by_size: dict[int, dict[str, float | None]] = {}

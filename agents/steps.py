@@ -84,7 +84,7 @@ class CircuitJob(_Job):
     order: tuple[str, ...]
     """Candidates, most important first; the circuit is a prefix of them."""
     target: float = 0.8
-    max_size: int | None = None
+    max_size: int | None = Field(default=None, ge=1)
     """Never more than `largest_circuit` (half of the model's heads and MLPs), whatever is asked."""
 
 

@@ -128,6 +128,20 @@ def test_a_target_never_reached_returns_the_best_prefix(organism, run):
     assert found.faithfulness == max(f for _, f in found.tried)
     with pytest.raises(UserInputError, match="no components"):
         grow_circuit(run, organism, PROMPTS, [])
+    for room in (0, -3):  # no room is a mistake, not an empty search (which had nothing to return)
+        with pytest.raises(UserInputError, match=f"room for at least one component, not max_size {room}"):
+            grow_circuit(run, organism, PROMPTS, order, max_size=room)
+
+
+def test_a_circuit_job_asks_for_room_for_at_least_one_component():
+    from pydantic import ValidationError
+
+    from agents.steps import JOB
+
+    assert JOB.validate_python({"step": "circuit", "order": ["mlp.0"], "max_size": 1}).max_size == 1
+    for room in (0, -3):
+        with pytest.raises(ValidationError, match="greater than or equal to 1"):
+            JOB.validate_python({"step": "circuit", "order": ["mlp.0"], "max_size": room})
 
 
 def test_effects_need_a_component_sweep(organism, run):
