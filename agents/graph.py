@@ -13,7 +13,10 @@ Run it with ``await graph.ainvoke(...)`` (see `agents.investigate`): the worker 
 so that experiments run on the caller's thread.
 
 The brain decides (``brain.plan``); trusted code executes (`Toolbox.do`): a job is a typed
-dict naming one step of a fixed vocabulary, validated before it runs, never code.
+dict naming one step of a fixed vocabulary, validated before it runs, never code. A job an LLM
+wrote that trusted code refuses (it names a head the model does not have, say) is skipped and
+listed in the report; the run goes on. The same refusal of a job the playbook wrote is a bug
+and ends the run.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 from agents.critic import ClaimTest, holm_adjust, verdict_for
 from agents.report.answer import compose_answer, ordered
 from memory.records import Claim
+from tools.errors import UserInputError
 
 if TYPE_CHECKING:
     from agents.steps import Toolbox
@@ -48,6 +52,8 @@ class InvestigationState(TypedDict):
     """The discovery prompt set (`tools.experiments.PromptPairs` as JSON)."""
     phase: Annotated[str, _replace]
     jobs: Annotated[list[dict[str, Any]], _replace]
+    authored: Annotated[dict[str, str], _replace]
+    """Which of ``jobs`` an LLM wrote: their places in the list (as text), each with the LLM's role."""
     outcomes: Annotated[list[dict[str, Any]], operator.add]
     claims: Annotated[list[dict[str, Any]], _replace]
     """Proposed claims (`agents.claims.ProposedClaim` as JSON), in the order they were made."""
@@ -88,9 +94,11 @@ def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
         update["budget_left"] = toolbox.budget_left()
         plan = brain.plan({**state, **update})
         update.update({k: v for k, v in plan.items() if k in ("phase", "jobs", "claims", "answer", "answer_source",
-                                                               "hypotheses", "status", "stopped_in", "llm_events")})
+                                                               "hypotheses", "status", "stopped_in", "llm_events",
+                                                               "authored")})
         if "jobs" not in update:
             update["jobs"] = []
+        update.setdefault("authored", {})
         toolbox.progress.update(phase=update.get("phase", state.get("phase")), queued=len(update["jobs"]),
                                 hypothesis=(update.get("hypotheses") or state.get("hypotheses") or [None])[-1])
         return update
@@ -98,14 +106,23 @@ def build_graph(brain: Any, toolbox: "Toolbox", checkpointer: Any):
     def route(state: InvestigationState):
         if state.get("phase") == "report" or not state.get("jobs"):
             return "reporter"
-        return [Send("worker", {"job": dispatched(job, state.get("claims") or [])}) for job in state["jobs"]]
+        authored = state.get("authored") or {}
+        return [Send("worker", {"job": dispatched(job, state.get("claims") or []), "author": authored.get(str(i))})
+                for i, job in enumerate(state["jobs"])]
 
     async def worker(payload: dict[str, Any]) -> dict[str, Any]:
         # async on purpose: LangGraph runs sync nodes on pool threads, but a model traced by
         # nnsight must run on the thread that loaded it (its greenlets cannot switch across
         # threads); an async node runs on the event loop's thread, the caller's. Workers of one
         # round therefore run one after another, which is what a CPU would do anyway.
-        outcome = toolbox.do(payload["job"])
+        try:
+            outcome = toolbox.do(payload["job"])
+        except UserInputError as error:
+            if not payload.get("author"):
+                raise
+            toolbox.progress.update(queued_done=1)
+            return {"llm_events": [{"role": payload["author"], "fallback": "job skipped",
+                                    "error": f"{payload['job'].get('step')} job refused: {error}"}]}
         toolbox.progress.update(queued_done=1)
         return {"outcomes": [outcome]}
 

@@ -202,7 +202,7 @@ class OpenAIBrain:
         except LLMError as error:
             self._note(error)
             return {**suggestion, "llm_events": self._recovered(role, problems[:-1]) + [event(role, error)]}
-        plan = self._combine(state, suggestion, calls, phase)
+        plan = self._combine(state, suggestion, calls, phase, role)
         recovered = self._recovered(role, problems)
         return {**plan, "llm_events": recovered} if recovered else plan
 
@@ -212,7 +212,10 @@ class OpenAIBrain:
                 if isinstance(job, ExperimentJob):
                     _check_experiment(job)
 
-    def _combine(self, state: dict[str, Any], suggestion: dict[str, Any], calls, phase: str) -> dict[str, Any]:
+    def _combine(self, state: dict[str, Any], suggestion: dict[str, Any], calls, phase: str,
+                 role: str) -> dict[str, Any]:
+        """The round's plan: the playbook's suggestion where the LLM accepted it, the LLM's own
+        jobs and claims otherwise (``authored`` marks the jobs the LLM wrote, with ``role``)."""
         names = [name for name, _ in calls]
         if "finish" in names:
             return {"phase": "report", "jobs": [], "hypotheses": _hypotheses(calls)}
@@ -226,8 +229,10 @@ class OpenAIBrain:
             claims += new
             known |= {c["claim"]["id"] for c in new}
             plan["hypotheses"] = plan["hypotheses"] or list(suggestion.get("hypotheses", []))
+        written = []  # the jobs the LLM wrote, by their place in plan["jobs"]
         for name, arguments in calls:
             if isinstance(arguments, RunSteps):
+                written += range(len(plan["jobs"]), len(plan["jobs"]) + len(arguments.jobs))
                 plan["jobs"] += [job.model_dump(mode="json") for job in arguments.jobs]
             elif isinstance(arguments, ProposeClaims):
                 for proposed in arguments.claims:
@@ -239,11 +244,14 @@ class OpenAIBrain:
                         continue
                     known.add(record["claim"]["id"])
                     claims.append(record)
+                    written.append(len(plan["jobs"]))
                     plan["jobs"].append({"step": "examine", "claim": record["claim"]})
         if claims != list(state.get("claims", [])):
             plan["claims"] = claims
         if not plan["jobs"] and plan["phase"] == phase and "accept_suggestion" not in names:
             return {**suggestion, "hypotheses": plan["hypotheses"]}
+        if written:
+            plan["authored"] = {str(i): role for i in written}
         return plan
 
     # -- writing --------------------------------------------------------------------------------
@@ -301,7 +309,8 @@ def summarise(state: dict[str, Any]) -> dict[str, Any]:
                                                                                      "foils", "corrupted", "n")},
             "phase": state.get("phase"), "outcomes": outcomes,
             "claims": [{"id": c["claim"]["id"], "statement": c["statement"]} for c in state.get("claims", [])],
-            "verdicts": state.get("verdicts", {}), "memory": state.get("prior", [])}
+            "verdicts": state.get("verdicts", {}), "memory": state.get("prior", []),
+            "refused": [e["error"] for e in state.get("llm_events", []) if e.get("fallback") == "job skipped"][-4:]}
 
 
 def _brief(suggestion: dict[str, Any]) -> dict[str, Any]:

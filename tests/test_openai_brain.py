@@ -326,3 +326,46 @@ def test_no_circuit_search_an_llm_planner_asks_for_goes_past_half_of_the_model(t
     for search in searches:
         assert max(size for size, _ in search["tried"]) <= 10, search["tried"]
     assert not asked_for[0]["reached"] and max(size for size, _ in asked_for[0]["tried"]) == 10
+
+
+@pytest.mark.parametrize("call", [
+    ("run_steps", {"jobs": [{"step": "circuit", "order": ["head.9.0", "mlp.0"]}]}),
+    ("run_steps", {"jobs": [{"step": "experiment", "spec": {"kind": "ablation", "components": ["head.2.7"]}}]}),
+    ("propose_claims", {"claims": [{"statement": "head.9.0 is needed", "claim": {
+        "kind": "necessity", "id": "nine", "components": ["head.9.0"], "threshold": 0.1}}]}),
+], ids=["circuit", "experiment", "claim"])
+def test_a_job_the_llm_wrote_that_names_what_the_model_lacks_is_skipped_and_reported(tmp_path, capsys, call):
+    """The organism has 4 layers of 4 heads: trusted code refuses the LLM's job when it runs it,
+    the report says so, and the investigation goes on to its answer."""
+    asked = []
+
+    def wrong(request, index):
+        if role_of(request) == "planner" and not asked:
+            asked.append(index)
+            return tool(*call)
+        return playbook(request, index)
+
+    with ScriptedLLM(wrong) as server:
+        out = _ask(capsys, tmp_path / "ws", server.url)
+    assert asked and out["status"] == "answered"
+    assert any(c["verdict"] == "supported" for c in out["claims"])
+    assert all(c["id"] != "nine" for c in out["claims"])
+    step = "examine" if call[0] == "propose_claims" else call[1]["jobs"][0]["step"]
+    assert f"- planner: `{step} job refused: components[0]: component head." in _report(out)
+    assert "is out of range: the model has" in _report(out) and "instead: job skipped" in _report(out)
+    later = [r for r in server.requests[asked[0] + 1:] if role_of(r) in ("planner", "worker", "critic")]
+    assert any(f"{step} job refused" in json.dumps(r["messages"]) for r in later)  # the LLM is told
+
+
+def test_the_same_refusal_of_a_job_the_playbook_wrote_ends_the_run_as_the_bug_it_is(tmp_path, capsys, monkeypatch):
+    from agents.steps import Toolbox
+    from tools.errors import UserInputError
+
+    def refuse(self, job):
+        raise UserInputError("component head.9.9 is out of range")
+
+    monkeypatch.setattr(Toolbox, "_do_lens", refuse)
+    with ScriptedLLM(playbook) as server:
+        code = sleuth(["ask", QUESTION, "--model", "organism-default", "--n", "8", "--brain", "openai",
+                       "--llm-base-url", server.url, "--llm-model", "scripted", "--workspace", str(tmp_path / "ws")])
+    assert code == 2 and "head.9.9 is out of range" in capsys.readouterr().err
