@@ -57,6 +57,48 @@ def test_a_recomputed_key_equals_the_shipped_one():
         assert new.carried.estimate == pytest.approx(old.carried.estimate, abs=1e-4)
 
 
+def test_a_key_of_your_own_records_the_command_that_recomputes_it_and_sleuth_eval_scores_against_it(
+        tmp_path, capsys):
+    from evals.keys.compute import main as compute
+
+    mine = tmp_path / "mine"
+    assert compute(["--model", "organism-default", "--task", "pronoun", "--name", "my-pronoun", "--n", "64",
+                    "--out-dir", str(mine)]) == 0
+    key = load_key(str(mine / "my-pronoun.json"))
+    assert key.method.recipe == ("python -m evals.keys.compute --model organism-default --task pronoun "
+                                 "--name my-pronoun --n 64")
+    assert key.prompts.n == 64 and key.prompts.split == "heldout" and key.components and key.planted == ()
+    # the recorded command, run again, writes the same key
+    again = tmp_path / "again"
+    assert compute([*key.method.recipe.split()[3:], "--out-dir", str(again)]) == 0
+    assert (again / "my-pronoun.json").read_text() == (mine / "my-pronoun.json").read_text()
+    questions = _write(mine / "q.yaml", "questions:\n  - {id: mine, question: 'Which pronoun does the model "
+                                        "pick?', key: my-pronoun.json, n: 16}\n")
+    board = _eval(capsys, "--questions", str(questions), "--workspace", str(tmp_path / "ev"))
+    (q,) = board["questions"]
+    assert q["id"] == "mine" and q["recall"] is not None and q["runs"][0]["status"] == "answered"
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["--model", "organism-default", "--task", "pronoun"], "needs --name too"),
+    (["--model", "organism-default", "--task", "pronoun", "--name", "../up"], "it names the file"),
+    (["--model", "organism-default", "--task", "pronoun", "--name", "default-ioi"], "a shipped key's"),
+    (["--key", "default-ioi", "--model", "organism-default"], "not both"),
+    (["--model", "organism-default", "--task", "pronoun", "--name", "x", "--n", "0"], "at least one prompt"),
+    (["--model", "organism-default", "--task", "no-such-task", "--name", "x", "--n", "4"], "neither a known task"),
+    (["--model", "/no/such/model", "--task", "ioi", "--name", "x"], "no such model"),
+])
+def test_a_bad_key_command_is_one_line_and_exit_2_and_writes_nothing(tmp_path, capsys, argv, problem):
+    from evals.keys.compute import main as compute
+
+    with pytest.raises(SystemExit) as stopped:
+        code = compute([*argv, "--out-dir", str(tmp_path / "out")])
+        raise SystemExit(code)
+    err = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2 and problem in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_every_shipped_key_loads_and_names_its_planted_component_only_where_one_was_planted():
     keys = {name: load_key(name) for name in SHIPPED if (KEYS_DIR / f"{name}.json").exists()}
     assert {"default-ioi", "planted-trigger"} <= set(keys)

@@ -1,4 +1,5 @@
-"""The brute-force recipe of the answer keys: ``python -m evals.keys.compute --key NAME | --all``.
+"""The brute-force recipe of the answer keys: ``python -m evals.keys.compute --key NAME | --all``,
+or a key of your own: ``python -m evals.keys.compute --model MODEL --task TASK --name NAME [--n N]``.
 
 For one behaviour of one model, on a large held-out prompt set (the task generator's held-out
 split with seed `KEY_SEED`, which no investigation draws: they use the train split with their
@@ -23,7 +24,9 @@ seed for discovery and the held-out split with seed + 1000 for the critic):
    organism) the component the behaviour was trained into is copied into the key as is.
 
 Thresholds, interval level, resamples and seeds are fixed in `KeyMethod` (and written into
-every key), chosen before any agent was scored against a key.
+every key), chosen before any agent was scored against a key. A key of your own (any model
+``sleuth --model`` loads, any task it knows or the model folder declares) is computed by the
+same recipe and records the command that recomputes it; `sleuth eval --questions` takes it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -79,13 +83,21 @@ SHIPPED: dict[str, KeyTarget] = {t.name: t for t in (
 )}
 
 
-def recipe_for(name: str) -> str:
-    return f"python -m evals.keys.compute --key {name}"
+USER_N = 128
+"""Prompts of a key of your own unless ``--n`` says otherwise (the gemma-3-270m keys' size)."""
+
+
+def recipe_for(target: KeyTarget) -> str:
+    """The command that recomputes ``target``."""
+    if SHIPPED.get(target.name) == target:
+        return f"python -m evals.keys.compute --key {target.name}"
+    return (f"python -m evals.keys.compute --model {target.model} --task {target.task} --name {target.name} "
+            f"--n {target.n}")
 
 
 def compute_key(model: "LoadedModel", target: KeyTarget, method: KeyMethod | None = None) -> AnswerKey:
     """The brute-force key of ``target`` on ``model`` (see the module docstring)."""
-    method = method or KeyMethod(recipe=recipe_for(target.name))
+    method = method or KeyMethod(recipe=recipe_for(target))
     prompts = KeyPrompts(task=target.task, split="heldout", seed=KEY_SEED, n=target.n)
     pairs = prompts.pairs(model)
     table, clean, corrupted = component_table(model, pairs, method)
@@ -199,31 +211,76 @@ def _forward_order(name: str) -> tuple[int, int, int]:
     return c.layer, c.kind == "mlp", c.head or 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evals.keys.compute",
-                                     description="recompute the shipped answer keys by brute force")
-    parser.add_argument("--key", action="append", choices=sorted(SHIPPED), help="a key to compute (repeatable)")
-    parser.add_argument("--all", action="store_true", help="every shipped key")
-    parser.add_argument("--out-dir", default=str(KEYS_DIR), help="where to write <name>.json (default: evals/keys)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args(argv)
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line and exit code 2, as in ``sleuth``."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _targets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[KeyTarget]:
+    """The keys the command line asks for: shipped ones by name, or one of the user's own."""
+    own = [flag for flag, value in (("--model", args.model), ("--task", args.task), ("--name", args.name),
+                                    ("--n", args.n)) if value is not None]
+    if own and (args.all or args.key):
+        parser.error("give shipped keys (--key, --all) or a key of your own (--model, --task, --name), not both")
+    if own:
+        missing = [flag for flag in ("--model", "--task", "--name") if flag not in own]
+        if missing:
+            parser.error(f"a key of your own needs {', '.join(missing)} too")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
+            parser.error(f"--name {args.name!r}: use letters, digits, '.', '_' and '-' (it names the file)")
+        if args.name in SHIPPED:
+            parser.error(f"--name {args.name!r} is a shipped key's; recompute it with --key {args.name}")
+        if args.n is not None and args.n < 1:
+            parser.error(f"--n {args.n}: a key needs at least one prompt")
+        return [KeyTarget(name=args.name, model=args.model, task=args.task, n=args.n or USER_N)]
     names = sorted(SHIPPED) if args.all else args.key
     if not names:
-        parser.error("give --key NAME (repeatable) or --all")
+        parser.error("give --key NAME (repeatable) or --all, or --model, --task and --name for a key of your own")
+    return [SHIPPED[name] for name in names]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _Parser(prog="python -m evals.keys.compute",
+                                     description="compute answer keys by brute force: the shipped ones, or one "
+                                                 "of your own for `sleuth eval --questions`")
+    parser.add_argument("--key", action="append", choices=sorted(SHIPPED), help="a key to compute (repeatable)")
+    parser.add_argument("--all", action="store_true", help="every shipped key")
+    parser.add_argument("--model", help="your own key: the model, as `sleuth --model` names it")
+    parser.add_argument("--task", help="your own key: a task (ioi, induction, ...) or one the model folder declares")
+    parser.add_argument("--name", help="your own key: its name (and file name)")
+    parser.add_argument("--n", type=int, help=f"your own key: prompts of the held-out split (default {USER_N})")
+    parser.add_argument("--out-dir", default=None,
+                        help="where to write <name>.json (default: evals/keys for shipped keys, "
+                             "the current folder for your own)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    targets = _targets(args, parser)
+    out_dir = Path(args.out_dir or (KEYS_DIR if targets[0].name in SHIPPED else "."))
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the log lines above say where it is; a mistake stays one line
+    from tools.errors import UserInputError
     from tools.loading import load_model
 
     loaded: dict[str, "LoadedModel"] = {}
-    for name in names:
-        target = SHIPPED[name]
-        model = loaded.get(target.model) or loaded.setdefault(target.model, load_model(target.model))
-        start = time.monotonic()
-        key = compute_key(model, target)
-        path = save_key(key, Path(args.out_dir) / f"{name}.json")
-        log.info("%s: %d components, %d edges, %.0f s -> %s", name, len(key.components), len(key.edges),
-                 time.monotonic() - start, path)
+    try:
+        for target in targets:
+            model = loaded.get(target.model) or loaded.setdefault(target.model, load_model(target.model))
+            start = time.monotonic()
+            key = compute_key(model, target)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            path = save_key(key, out_dir / f"{target.name}.json")
+            log.info("%s: %d components, %d edges, %.0f s -> %s", target.name, len(key.components),
+                     len(key.edges), time.monotonic() - start, path)
+    except UserInputError as error:
+        print(f"python -m evals.keys.compute: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
