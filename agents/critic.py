@@ -269,11 +269,13 @@ def _measure_paths(run: "Run", model: "LoadedModel", claim: DirectClaim | PathCl
     else:
         first = min(parse_component(r.rsplit(".", 1)[0]).layer for r in receivers)
         pool = [f"head.{layer}.{h}" for layer in range(first) for h in range(model.adapter.n_heads)]
+    # the second method's spec first: it checks that every sender is before every receiver
+    denoising = PathPatchingSpec(prompts=prompts, receivers=receivers, senders=(),
+                                 sender_sets=(claim.components,), mode="denoising")
     sets = control_sets(pool, set(claim.components), n_controls, seed=seed, avoid=named)
     main = run.experiment(model, PathPatchingSpec(prompts=prompts, receivers=receivers, senders=(),
                                                   sender_sets=(claim.components, *map(tuple, sets))))
-    second = run.experiment(model, PathPatchingSpec(prompts=prompts, receivers=receivers, senders=(),
-                                                    sender_sets=(claim.components,), mode="denoising"))
+    second = run.experiment(model, denoising)
     controls = [_ratio(_path_terms(main, i, "noising")) for i in range(1, 1 + len(sets))]
     return _Measured(main=_path_terms(main, 0, "noising"), second=_path_terms(second, 0, "denoising"),
                      second_method="denoising path patching", controls=controls,

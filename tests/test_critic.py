@@ -280,3 +280,17 @@ def test_an_examine_job_stored_with_the_claims_place_as_its_seed_still_loads():
     assert isinstance(job, ExamineJob) and "seed" not in job.model_dump()
     with pytest.raises(ValidationError, match="extra_forbidden"):
         JOB.validate_python({"step": "examine", "claim": claim, "sead": 4})
+
+
+def test_a_path_claim_whose_sender_is_not_before_its_receiver_is_refused_in_words_before_any_forward_pass(
+        planted, run):
+    from agents.claims import PathClaim
+
+    fresh = _trigger_prompts(planted, 8, seed=303)
+    for senders, receiver in ((("head.3.0",), "head.0.0.q"), (("mlp.0", "head.1.2"), "head.1.0.k")):
+        claim = PathClaim(id="late", components=senders, receivers=(receiver,), threshold=0.1)
+        layer = receiver.split(".")[1]
+        with pytest.raises(UserInputError, match=rf"sender {senders[-1]} is not before every receiver \(the "
+                                                 rf"earliest receiver is in layer {layer}\)"):
+            examine_claim(run, planted, claim, fresh, seed=4)
+    assert run.record.cost.forward_passes == 0
