@@ -65,8 +65,8 @@ def test_a_key_of_your_own_records_the_command_that_recomputes_it_and_sleuth_eva
     assert compute(["--model", "organism-default", "--task", "pronoun", "--name", "my-pronoun", "--n", "64",
                     "--out-dir", str(mine)]) == 0
     key = load_key(str(mine / "my-pronoun.json"))
-    assert key.method.recipe == ("python -m evals.keys.compute --model organism-default --task pronoun "
-                                 "--name my-pronoun --n 64")
+    assert key.method.recipe == ("python -m evals.keys.compute --model organism-default --task pronoun --n 64 "
+                                 "--name my-pronoun")
     assert key.prompts.n == 64 and key.prompts.split == "heldout" and key.components and key.planted == ()
     # the recorded command, run again, writes the same key
     again = tmp_path / "again"
@@ -79,8 +79,34 @@ def test_a_key_of_your_own_records_the_command_that_recomputes_it_and_sleuth_eva
     assert q["id"] == "mine" and q["recall"] is not None and q["runs"][0]["status"] == "answered"
 
 
+def test_a_key_of_your_own_prompts_is_computed_on_exactly_those_prompts(tmp_path, monkeypatch):
+    from evals.keys.compute import main as compute
+    from tools.loading import load_model
+    from tools.tasks import get_task
+
+    model = load_model("organism-default")
+    items = get_task("pronoun").generate(24, split="heldout", seed=77, tokenizer=model.tokenizer)
+    lists = {"clean": [i.clean for i in items], "corrupted": [i.corrupted for i in items],
+             "answer": [i.answer for i in items], "foil": [i.foil for i in items]}
+    _write(tmp_path / "held-out.json", json.dumps(lists))
+    monkeypatch.chdir(tmp_path)  # the recipe names the prompts file as given
+    assert compute(["--model", "organism-default", "--prompts", "held-out.json", "--name", "mine",
+                    "--out-dir", "a"]) == 0
+    key = load_key(str(tmp_path / "a" / "mine.json"))
+    assert key.method.recipe == "python -m evals.keys.compute --model organism-default --prompts held-out.json --name mine"
+    assert key.prompts.task is None and list(key.prompts.clean) == lists["clean"]
+    assert list(key.prompts.foil) == lists["foil"] and key.components
+    assert compute([*key.method.recipe.split()[3:], "--out-dir", "b"]) == 0
+    assert (tmp_path / "b" / "mine.json").read_text() == (tmp_path / "a" / "mine.json").read_text()
+
+
 @pytest.mark.parametrize("argv, problem", [
     (["--model", "organism-default", "--task", "pronoun"], "needs --name too"),
+    (["--model", "organism-default", "--name", "x"], "needs --task or --prompts too"),
+    (["--model", "organism-default", "--task", "ioi", "--prompts", "p.json", "--name", "x"], "not both"),
+    (["--model", "organism-default", "--prompts", "p.json", "--n", "4", "--name", "x"], "--n goes with --task"),
+    (["--model", "organism-default", "--prompts", "missing.json", "--name", "x"], "no such prompts file"),
+    (["--model", "organism-default", "--prompts", "p.json", "--name", "x"], "a prompts file is a mapping"),
     (["--model", "organism-default", "--task", "pronoun", "--name", "../up"], "it names the file"),
     (["--model", "organism-default", "--task", "pronoun", "--name", "default-ioi"], "a shipped key's"),
     (["--key", "default-ioi", "--model", "organism-default"], "not both"),
@@ -88,9 +114,12 @@ def test_a_key_of_your_own_records_the_command_that_recomputes_it_and_sleuth_eva
     (["--model", "organism-default", "--task", "no-such-task", "--name", "x", "--n", "4"], "neither a known task"),
     (["--model", "/no/such/model", "--task", "ioi", "--name", "x"], "no such model"),
 ])
-def test_a_bad_key_command_is_one_line_and_exit_2_and_writes_nothing(tmp_path, capsys, argv, problem):
+def test_a_bad_key_command_is_one_line_and_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, argv,
+                                                                     problem):
     from evals.keys.compute import main as compute
 
+    _write(tmp_path / "p.json", json.dumps({"clean": ["a"], "corrupted": ["b"], "answer": [" x"]}))
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stopped:
         code = compute([*argv, "--out-dir", str(tmp_path / "out")])
         raise SystemExit(code)

@@ -1,5 +1,6 @@
 """The brute-force recipe of the answer keys: ``python -m evals.keys.compute --key NAME | --all``,
-or a key of your own: ``python -m evals.keys.compute --model MODEL --task TASK --name NAME [--n N]``.
+or a key of your own: ``python -m evals.keys.compute --model MODEL --task TASK --name NAME [--n N]``
+(or ``--prompts FILE`` instead of a task: your own held-out prompts, answers, foils and corruptions).
 
 For one behaviour of one model, on a large held-out prompt set (the task generator's held-out
 split with seed `KEY_SEED`, which no investigation draws: they use the train split with their
@@ -42,10 +43,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from evals.keys.schema import KEYS_DIR, AnswerKey, ComponentEffect, Edge, Effect, KeyMethod, KeyPrompts, save_key
 from tools.components import parse_component
+from tools.errors import UserInputError
 from tools.stats import ratio_bootstrap_ci
 
 if TYPE_CHECKING:
@@ -59,16 +61,39 @@ KEY_SEED = 9001
 
 
 class KeyTarget(BaseModel):
-    """One shipped key: which behaviour of which model, on how many prompts."""
+    """One key: which behaviour of which model, on which prompts (a task's held-out split, or a
+    file of explicit prompts)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     model: str
-    task: str
-    n: int
+    task: str | None = None
+    n: int | None = None
     """Prompts: 512 on the organisms; 128 on gemma-3-270m, whose forward pass costs about a
     hundred times an organism's (every interval is in the key, so its width shows)."""
+    prompts_file: str | None = None
+    """Instead of a task: a YAML or JSON file of ``clean``, ``corrupted``, ``answer`` and
+    ``foil`` lists (a key's ``prompts`` field)."""
+
+    def key_prompts(self) -> KeyPrompts:
+        """The key's prompt set (a file's is read and checked here: one line on any mistake)."""
+        if self.prompts_file is None:
+            return KeyPrompts(task=self.task, split="heldout", seed=KEY_SEED, n=self.n)
+        from agents.behavior import read_data_file
+
+        data = read_data_file(self.prompts_file, "prompts file")
+        lists = ("clean", "corrupted", "answer", "foil")
+        if not isinstance(data, dict) or set(data) != set(lists):
+            raise UserInputError(f"{self.prompts_file}: a prompts file is a mapping of exactly "
+                                 f"{', '.join(lists)}: lists of strings, one entry each per prompt")
+        try:
+            return KeyPrompts.model_validate(data)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise UserInputError(f"{self.prompts_file}: {where + ': ' if where else ''}"
+                                 f"{first['msg'].removeprefix('Value error, ')}") from None
 
 
 SHIPPED: dict[str, KeyTarget] = {t.name: t for t in (
@@ -91,14 +116,14 @@ def recipe_for(target: KeyTarget) -> str:
     """The command that recomputes ``target``."""
     if SHIPPED.get(target.name) == target:
         return f"python -m evals.keys.compute --key {target.name}"
-    return (f"python -m evals.keys.compute --model {target.model} --task {target.task} --name {target.name} "
-            f"--n {target.n}")
+    source = f"--prompts {target.prompts_file}" if target.prompts_file else f"--task {target.task} --n {target.n}"
+    return f"python -m evals.keys.compute --model {target.model} {source} --name {target.name}"
 
 
 def compute_key(model: "LoadedModel", target: KeyTarget, method: KeyMethod | None = None) -> AnswerKey:
     """The brute-force key of ``target`` on ``model`` (see the module docstring)."""
     method = method or KeyMethod(recipe=recipe_for(target))
-    prompts = KeyPrompts(task=target.task, split="heldout", seed=KEY_SEED, n=target.n)
+    prompts = target.key_prompts()
     pairs = prompts.pairs(model)
     table, clean, corrupted = component_table(model, pairs, method)
     ranked = sorted(table, key=lambda row: -max(abs(row.restores.estimate), abs(row.removes.estimate)))
@@ -106,8 +131,10 @@ def compute_key(model: "LoadedModel", target: KeyTarget, method: KeyMethod | Non
     measured = edge_table(model, pairs, components, method)
     edges = tuple(e for e in measured if counts(e.carried, method.edge_threshold))
     return AnswerKey(name=target.name, model=target.model, weights_hash=model.weights_hash,
-                     behaviour=_behaviour(model, target.task), prompts=prompts, components=components,
-                     edges=edges, planted=planted_components(model, target.task), method=method,
+                     behaviour=_behaviour(model, target.task) if target.task else
+                     f"the prompts of {Path(target.prompts_file or '').name}",
+                     prompts=prompts, components=components, edges=edges,
+                     planted=planted_components(model, target.task) if target.task else (), method=method,
                      clean_logit_diff=clean, corrupted_logit_diff=corrupted,
                      component_table=tuple(ranked), edge_table=measured)
 
@@ -222,11 +249,17 @@ class _Parser(argparse.ArgumentParser):
 def _targets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[KeyTarget]:
     """The keys the command line asks for: shipped ones by name, or one of the user's own."""
     own = [flag for flag, value in (("--model", args.model), ("--task", args.task), ("--name", args.name),
-                                    ("--n", args.n)) if value is not None]
+                                    ("--n", args.n), ("--prompts", args.prompts)) if value is not None]
     if own and (args.all or args.key):
         parser.error("give shipped keys (--key, --all) or a key of your own (--model, --task, --name), not both")
     if own:
-        missing = [flag for flag in ("--model", "--task", "--name") if flag not in own]
+        if args.task and args.prompts:
+            parser.error("give --task or --prompts, not both")
+        if args.prompts and args.n is not None:
+            parser.error("--n goes with --task; a prompts file's key takes every prompt in it")
+        missing = [flag for flag in ("--model", "--name") if flag not in own]
+        if not (args.task or args.prompts):
+            missing.append("--task or --prompts")
         if missing:
             parser.error(f"a key of your own needs {', '.join(missing)} too")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
@@ -235,6 +268,8 @@ def _targets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[
             parser.error(f"--name {args.name!r} is a shipped key's; recompute it with --key {args.name}")
         if args.n is not None and args.n < 1:
             parser.error(f"--n {args.n}: a key needs at least one prompt")
+        if args.prompts:
+            return [KeyTarget(name=args.name, model=args.model, prompts_file=args.prompts)]
         return [KeyTarget(name=args.name, model=args.model, task=args.task, n=args.n or USER_N)]
     names = sorted(SHIPPED) if args.all else args.key
     if not names:
@@ -250,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="every shipped key")
     parser.add_argument("--model", help="your own key: the model, as `sleuth --model` names it")
     parser.add_argument("--task", help="your own key: a task (ioi, induction, ...) or one the model folder declares")
+    parser.add_argument("--prompts", help="your own key, instead of --task: a YAML or JSON file of clean, "
+                                          "corrupted, answer and foil lists")
     parser.add_argument("--name", help="your own key: its name (and file name)")
     parser.add_argument("--n", type=int, help=f"your own key: prompts of the held-out split (default {USER_N})")
     parser.add_argument("--out-dir", default=None,
@@ -265,12 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the log lines above say where it is; a mistake stays one line
-    from tools.errors import UserInputError
     from tools.loading import load_model
 
     loaded: dict[str, "LoadedModel"] = {}
     try:
         for target in targets:
+            target.key_prompts()  # a prompts file's mistakes before the model loads
             model = loaded.get(target.model) or loaded.setdefault(target.model, load_model(target.model))
             start = time.monotonic()
             key = compute_key(model, target)
