@@ -66,3 +66,11 @@ class StorageError(UserInputError):
 
 class SetupError(UserInputError):
     """A required offline component is not installed (the embedding model, a server binary)."""
+
+
+def first_problem(error: Exception) -> str:
+    """A pydantic ``ValidationError`` in one line: where its first problem is and what it is
+    (``questions.0.seeds.1: Input should be ...``), without pydantic's ``Value error, `` prefix."""
+    first = error.errors()[0]  # type: ignore[attr-defined]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where + ': ' if where else ''}{first['msg'].removeprefix('Value error, ')}"

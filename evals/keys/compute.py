@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from evals.keys.schema import KEYS_DIR, AnswerKey, ComponentEffect, Edge, Effect, KeyMethod, KeyPrompts, save_key
 from tools.components import parse_component
-from tools.errors import UserInputError
+from tools.errors import UserInputError, first_problem
 from tools.stats import ratio_bootstrap_ci
 
 if TYPE_CHECKING:
@@ -90,10 +90,7 @@ class KeyTarget(BaseModel):
         try:
             return KeyPrompts.model_validate(data)
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise UserInputError(f"{self.prompts_file}: {where + ': ' if where else ''}"
-                                 f"{first['msg'].removeprefix('Value error, ')}") from None
+            raise UserInputError(f"{self.prompts_file}: {first_problem(error)}") from None
 
 
 SHIPPED: dict[str, KeyTarget] = {t.name: t for t in (

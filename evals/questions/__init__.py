@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agents.behavior import read_data_file
 from evals.keys.schema import AnswerKey, load_key
-from tools.errors import UserInputError
+from tools.errors import UserInputError, first_problem
 from tools.tasks import MAX_SEED
 
 QUESTIONS_DIR = Path(__file__).resolve().parent
@@ -110,10 +110,7 @@ def load_questions(path: str | Path) -> list[BenchmarkQuestion]:
         try:
             question = Question.model_validate(entry)
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise UserInputError(f"{path}: question {label}: {where + ': ' if where else ''}"
-                                 f"{first['msg'].removeprefix('Value error, ')}") from None
+            raise UserInputError(f"{path}: question {label}: {first_problem(error)}") from None
         if any(q.id == question.id for q in out):
             raise UserInputError(f"{path}: question id {question.id!r} is used twice")
         spec_path = None
