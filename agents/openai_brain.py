@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.behavior import BehaviorSpec
 from agents.claims import ProposedClaim
@@ -47,7 +47,7 @@ from agents.steps import (
     RolesJob,
     SteerJob,
 )
-from tools.errors import UserInputError
+from tools.errors import UserInputError, first_problem
 
 PlannerJob = Annotated[Union[ConfirmJob, LensJob, RankJob, CircuitJob, RolesJob, PathsJob, SteerJob, ExperimentJob],
                        Field(discriminator="step")]
@@ -332,7 +332,9 @@ def _check_experiment(job: ExperimentJob) -> None:
         job.bind(PromptPairs(task="ioi", n=1))
     except UserInputError as error:  # SpecError included
         raise ValueError(f"experiment spec: {error}") from None
-    except Exception as error:  # pydantic's own validation error, say
+    except ValidationError as error:  # where and what, not pydantic's headline
+        raise ValueError(f"experiment spec: {first_problem(error)}") from None
+    except Exception as error:
         raise ValueError(f"experiment spec: {str(error).splitlines()[0]}") from None
 
 

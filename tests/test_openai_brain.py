@@ -369,3 +369,20 @@ def test_the_same_refusal_of_a_job_the_playbook_wrote_ends_the_run_as_the_bug_it
         code = sleuth(["ask", QUESTION, "--model", "organism-default", "--n", "8", "--brain", "openai",
                        "--llm-base-url", server.url, "--llm-model", "scripted", "--workspace", str(tmp_path / "ws")])
     assert code == 2 and "head.9.9 is out of range" in capsys.readouterr().err
+
+
+def test_an_experiment_spec_that_does_not_validate_goes_back_to_the_llm_saying_where_and_what(tmp_path, capsys):
+    asked = []
+
+    def sloppy(request, index):
+        if role_of(request) == "planner" and not asked:
+            asked.append(index)
+            return tool("run_steps", {"jobs": [{"step": "experiment", "spec": {
+                "kind": "activation_patching", "sweeps": [{"site": "resid_pre", "layers": [9]}]}}]})
+        return playbook(request, index)
+
+    with ScriptedLLM(sloppy) as server:
+        out = _ask(capsys, tmp_path / "ws", server.url)
+    said = "experiment spec: activation_patching.sweeps.0.layers: Extra inputs are not permitted"
+    assert out["status"] == "answered" and said in _report(out)
+    assert said in json.dumps(server.requests[asked[0] + 1]["messages"])  # the LLM was told exactly that
