@@ -117,10 +117,12 @@ def recipe_for(target: KeyTarget) -> str:
     return f"python -m evals.keys.compute --model {target.model} {source} --name {target.name}"
 
 
-def compute_key(model: "LoadedModel", target: KeyTarget, method: KeyMethod | None = None) -> AnswerKey:
-    """The brute-force key of ``target`` on ``model`` (see the module docstring)."""
+def compute_key(model: "LoadedModel", target: KeyTarget, method: KeyMethod | None = None,
+                prompts: KeyPrompts | None = None) -> AnswerKey:
+    """The brute-force key of ``target`` on ``model`` (see the module docstring); ``prompts``:
+    ``target.key_prompts()``, when the caller has read them already."""
     method = method or KeyMethod(recipe=recipe_for(target))
-    prompts = target.key_prompts()
+    prompts = prompts or target.key_prompts()
     pairs = prompts.pairs(model)
     table, clean, corrupted = component_table(model, pairs, method)
     ranked = sorted(table, key=lambda row: -max(abs(row.restores.estimate), abs(row.removes.estimate)))
@@ -276,8 +278,8 @@ def _targets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(prog="python -m evals.keys.compute",
-                                     description="compute answer keys by brute force: the shipped ones, or one "
-                                                 "of your own for `sleuth eval --questions`")
+                     description="compute answer keys by brute force: the shipped ones, or one of your own for "
+                                 "`sleuth eval --questions`")
     parser.add_argument("--key", action="append", choices=sorted(SHIPPED), help="a key to compute (repeatable)")
     parser.add_argument("--all", action="store_true", help="every shipped key")
     parser.add_argument("--model", help="your own key: the model, as `sleuth --model` names it")
@@ -304,16 +306,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded: dict[str, "LoadedModel"] = {}
     try:
         for target in targets:
-            target.key_prompts()  # a prompts file's mistakes before the model loads
+            prompts = target.key_prompts()  # read once, its mistakes found before the model loads
             model = loaded.get(target.model) or loaded.setdefault(target.model, load_model(target.model))
             start = time.monotonic()
-            key = compute_key(model, target)
+            key = compute_key(model, target, prompts=prompts)
             out_dir.mkdir(parents=True, exist_ok=True)
             path = save_key(key, out_dir / f"{target.name}.json")
             log.info("%s: %d components, %d edges, %.0f s -> %s", target.name, len(key.components),
                      len(key.edges), time.monotonic() - start, path)
     except UserInputError as error:
-        print(f"python -m evals.keys.compute: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     return 0
 
