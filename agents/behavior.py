@@ -50,7 +50,7 @@ class BehaviorSpec(BaseModel):
     """One same-length prompt per clean prompt with the answer-selecting information changed (may be empty)."""
     metric: Metric = "logit_diff"
     """The headline metric: logit difference answer − foil, answer probability, or top-1 accuracy."""
-    n: int = Field(64, ge=1)
+    n: int = Field(64, ge=2)
     """Prompts per set: how many ``task`` generates, or how many variants of explicit prompts
     the investigation draws (`agents.steps.draw_user_prompt_sets`); see `with_prompt_count`."""
     seed: int = Field(0, ge=0, le=MAX_SEED)

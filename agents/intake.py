@@ -95,8 +95,8 @@ def intake(question: str, *, tokenizer, n: int = 64, seed: int = 0,
     """
     if not question.strip():
         raise UserInputError(f"the question is empty; {ACCEPTED_FORMS}")
-    if n < 1:
-        raise UserInputError(f"n must be at least 1 prompt, not {n}")
+    if n < 2:
+        raise UserInputError(f"n must be at least 2 prompts (the critic's bootstrap needs two), not {n}")
     text = question.translate(_QUOTES)
     # contents come from the question as typed: only the delimiting quotes are normalised
     spans = [(start, end, question[start + 1: end - 1]) for start, end in _quoted(text)]

@@ -46,8 +46,8 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
         raise UserInputError(f"unknown brain {brain!r}; use one of {', '.join(BRAINS)}")
     thinker = make_brain(brain, llm)
     events: list[dict[str, Any]] = []
-    if n is not None and n < 1:
-        raise UserInputError(f"--n must be at least 1, not {n}")
+    if n is not None and n < 2:
+        raise UserInputError(f"--n must be at least 2 (the critic's bootstrap over fresh prompts needs two), not {n}")
     check_seed(seed)
     if not question.strip() and spec_file is None:
         raise UserInputError("ask needs a question (or --spec FILE)")
@@ -188,11 +188,22 @@ def _drive(memory: Memory, run, loaded, behavior: BehaviorSpec, state: dict[str,
     except KeyboardInterrupt:
         run.update(status="interrupted", cost={"wall_s": toolbox.elapsed()})
         raise
+    except Exception as error:  # stored as failed, not left "running" as if a process still held it
+        run.update(status="failed", error=_one_line(error), cost={"wall_s": toolbox.elapsed()})
+        raise
     finally:
         toolbox.progress.close()
     memory.vectors.add_question(run.record.question, run_id=run.id, model_id=loaded.model_id,
                                 answer=run.record.answer, status=run.record.status)
     return summary(run)
+
+
+def _one_line(error: Exception) -> str:
+    """What stopped a run, for run.json: a user error's own words, else the exception's type too."""
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    if not isinstance(error, UserInputError):
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text[:300]
 
 
 async def _invoke(brain, toolbox: Toolbox, run, state: dict[str, Any] | None) -> None:

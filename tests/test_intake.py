@@ -280,7 +280,8 @@ GROUNDING = 'with "Mary"'  # the accepted forms are listed in every grounding er
     (f'complete "{IOI}" with "Zorblax" rather than "John"', "vocabulary", {}),
     (f'complete "{IOI}" with "Mary" corrupted: "When Mary went"', "tokens but its prompt has", {}),
     (f'complete "{IOI}" with "Mary"', "context of 5", {"max_length": 5}),
-    ("explain IOI", "n must be at least 1", {"n": 0}),
+    ("explain IOI", "n must be at least 2", {"n": 0}),
+    ("explain IOI", "n must be at least 2", {"n": 1}),
 ])
 def test_bad_questions_raise_one_line_user_errors(organism_tok, question, fragment, kwargs):
     with pytest.raises(UserInputError) as caught:

@@ -123,6 +123,36 @@ def test_a_killed_investigation_resumes_to_the_same_claims_without_rerunning_sto
     assert after["cache_hits"] == after["experiments"] - after["cache_misses"]
 
 
+def test_a_run_that_stops_on_an_exception_is_stored_as_failed_with_its_reason_and_resumes(
+        finished, tmp_path, capsys, monkeypatch):
+    from agents.steps import Toolbox
+
+    out, _ = finished
+    workspace = tmp_path / "ws"
+
+    def broken(self, job):
+        raise RuntimeError("a bug in the circuit step\nsecond line")
+
+    monkeypatch.setattr(Toolbox, "_do_circuit", broken)
+    with pytest.raises(RuntimeError, match="a bug in the circuit step"):
+        sleuth([*ASK, "--workspace", str(workspace)])
+    (run_json,) = (workspace / "runs").glob("*/run.json")
+    stopped = json.loads(run_json.read_text())
+    assert stopped["status"] == "failed", stopped["status"]
+    assert stopped["error"] == "RuntimeError: a bug in the circuit step"
+    assert stopped["cost"]["experiments"] > 0  # it had been working: what it stored is kept
+    capsys.readouterr()
+    assert sleuth(["runs", "--workspace", str(workspace)]) == 0
+    assert "failed" in capsys.readouterr().out
+    monkeypatch.undo()  # the bug fixed, the run goes on from its checkpoint
+    assert sleuth(["resume", stopped["id"], "--workspace", str(workspace), "--json"]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["status"] == "answered"
+    assert [(c["statement"], c["verdict"]) for c in resumed["claims"]] == \
+        [(c["statement"], c["verdict"]) for c in out["claims"]]
+    assert json.loads(run_json.read_text())["error"] is None
+
+
 LONG = " ".join(["the"] * 80)  # the organism's context is 64 tokens
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -165,7 +195,9 @@ BAD_INPUTS = [
      "--max-time must be"),
     (["ask", "indirect object identification", "--model", "organism-default", "--max-dollars", "-1"],
      "--max-dollars must be more than zero"),
-    (["ask", "indirect object identification", "--model", "organism-default", "--n", "0"], "--n must be at least 1"),
+    (["ask", "indirect object identification", "--model", "organism-default", "--n", "0"], "--n must be at least 2"),
+    (["ask", "indirect object identification", "--model", "organism-default", "--n", "1"], "--n must be at least 2"),
+    (["ask", "--spec", "{spec_one_prompt}", "--model", "organism-default"], "field 'n': Input should be greater than or equal to 2"),
     (["ask", "indirect object identification", "--model", "organism-default", "--brain", "oracle"],
      "invalid choice: 'oracle'"),
     (["ask", "indirect object identification", "--model", "organism-default", "--workspace", "{file}/ws"],
@@ -180,6 +212,7 @@ def test_bad_input_is_one_line_and_exit_2_and_leaves_the_workspace_intact(stored
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id is looked up in the local cache only: no network
     files = {"spec_bad_yaml": ("bad.yaml", "prompts: [unclosed\n"),
              "spec_unknown_field": ("unknown.yaml", "task: ioi\ncolour: blue\n"),
+             "spec_one_prompt": ("one.yaml", "task: ioi\nn: 1\n"),
              "spec_both": ("both.json", '{"task": "ioi", "prompts": ["a"], "answers": [" b"], "foils": [" c"]}'),
              "file": ("a-file", "not a folder")}
     for key, (name, text) in files.items():
