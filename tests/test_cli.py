@@ -98,3 +98,28 @@ def test_console_script_exit_code(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("sleuth: error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_hub_library_warning_does_not_precede_the_one_line():
+    """An unknown hub id with the Hub out of reach: huggingface_hub logs a warning per retry of its
+    request before it gives up; the user must see only our line (there were two dozen before it).
+    A fresh process, as a user's: its logging is what `sleuth` configures, not pytest's."""
+    import subprocess
+    import sys
+
+    script = """
+import logging, sys
+import transformers
+from agents.cli import main
+
+def unreachable(*args, **kwargs):
+    logging.getLogger("huggingface_hub.utils._http").warning(
+        "'[Errno 111] Connection refused' thrown while requesting HEAD .../config.json")
+    raise OSError("We couldn't connect to the Hub to load this file")
+
+transformers.AutoConfig.from_pretrained = unreachable
+sys.exit(main(["check", "--model", "nobody/no-such-model-anywhere"]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("sleuth: error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
