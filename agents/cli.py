@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-tokens", type=int, default=None, help="LLM brains: stop after this many tokens")
     a.add_argument("--max-dollars", type=float, default=None, help="LLM brains: stop after this much spend")
     rs = sub.add_parser("resume", help="continue a killed or interrupted run from its last checkpoint")
-    rs.add_argument("run_id", metavar="RUN_ID")
+    rs.add_argument("run_id", metavar="RUN_ID", help="a run id, or 'latest' for the workspace's newest run")
     for writer, command in ((a, _cmd_ask), (rs, _cmd_resume)):  # both write to a workspace
         writer.add_argument("--workspace", default=None, help=workspace_help)
         writer.add_argument("--chroma-url", default=None,

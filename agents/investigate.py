@@ -89,11 +89,12 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
 
 def resume(run_id: str, *, workspace: str | None = None, chroma_url: str | None = None,
            lock_timeout: float | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Continue a run from its last checkpoint (a finished run just returns its summary)."""
+    """Continue a run from its last checkpoint (a finished run just returns its summary);
+    ``latest``: the workspace's newest run."""
     from tools.loading import load_model
 
     with Memory.open(workspace, writer=True, chroma_url=chroma_url, lock_timeout=lock_timeout) as memory:
-        run = memory.runs.open(run_id)
+        run = memory.runs.open(_latest_id(memory.runs) if run_id == "latest" else run_id)
         settings = run.record.settings
         if "behavior" not in settings:
             raise UserInputError(f"run {run_id} was not started by `sleuth ask`; nothing to resume")
@@ -221,12 +222,15 @@ def open_run(run_id: str, *, workspace: str | None = None):
     from memory.workspace import Workspace
 
     store = RunStore(Workspace.open(workspace))
-    if run_id == "latest":
-        ids = sorted(r.id for r in store.list() if not r.damaged)
-        if not ids:
-            raise UserInputError("the workspace has no runs yet; `sleuth ask` starts one")
-        run_id = ids[-1]
-    return store.open(run_id)
+    return store.open(_latest_id(store) if run_id == "latest" else run_id)
+
+
+def _latest_id(store) -> str:
+    """The id of the workspace's newest run that loads (ids sort by their start time)."""
+    ids = sorted(r.id for r in store.list() if not r.damaged)
+    if not ids:
+        raise UserInputError("the workspace has no runs yet; `sleuth ask` starts one")
+    return ids[-1]
 
 
 def report_text(run_id: str, *, workspace: str | None = None, fmt: str = "md") -> str:

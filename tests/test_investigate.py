@@ -144,10 +144,10 @@ def test_a_run_that_stops_on_an_exception_is_stored_as_failed_with_its_reason_an
     capsys.readouterr()
     assert sleuth(["runs", "--workspace", str(workspace)]) == 0
     assert "failed" in capsys.readouterr().out
-    monkeypatch.undo()  # the bug fixed, the run goes on from its checkpoint
-    assert sleuth(["resume", stopped["id"], "--workspace", str(workspace), "--json"]) == 0
+    monkeypatch.undo()  # the bug fixed, the run goes on from its checkpoint ("latest": the newest run)
+    assert sleuth(["resume", "latest", "--workspace", str(workspace), "--json"]) == 0
     resumed = json.loads(capsys.readouterr().out)
-    assert resumed["status"] == "answered"
+    assert resumed["status"] == "answered" and resumed["run_id"] == stopped["id"]
     assert [(c["statement"], c["verdict"]) for c in resumed["claims"]] == \
         [(c["statement"], c["verdict"]) for c in out["claims"]]
     assert json.loads(run_json.read_text())["error"] is None
