@@ -93,7 +93,8 @@ def resume(run_id: str, *, workspace: str | None = None, chroma_url: str | None 
     ``latest``: the workspace's newest run."""
     from tools.loading import load_model
 
-    with Memory.open(workspace, writer=True, chroma_url=chroma_url, lock_timeout=lock_timeout) as memory:
+    with Memory.open(workspace, writer=True, chroma_url=chroma_url, lock_timeout=lock_timeout,
+                     create=False) as memory:  # a run to resume lives in a workspace that exists
         run = memory.runs.open(_latest_id(memory.runs) if run_id == "latest" else run_id)
         settings = run.record.settings
         if "behavior" not in settings:

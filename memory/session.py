@@ -31,9 +31,11 @@ class Memory:
     @classmethod
     def open(cls, workspace: str | os.PathLike | None = None, *, writer: bool = False,
              chroma_url: str | None = None, namespace: str | None = None,
-             lock_timeout: float | None = None, embedder: MiniLMEmbedder | None = None) -> "Memory":
+             lock_timeout: float | None = None, embedder: MiniLMEmbedder | None = None,
+             create: bool | None = None) -> "Memory":
+        """``create``: whether a writer may create a missing workspace (default: a writer may)."""
         embedder = embedder or shared_embedder()
-        ws = Workspace.open(workspace, writer=writer, timeout=lock_timeout)
+        ws = Workspace.open(workspace, writer=writer, timeout=lock_timeout, create=create)
         try:
             vectors = VectorMemory.open(ws, url=chroma_url, namespace=namespace, embedder=embedder)
         except BaseException:

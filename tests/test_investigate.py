@@ -153,6 +153,15 @@ def test_a_run_that_stops_on_an_exception_is_stored_as_failed_with_its_reason_an
     assert json.loads(run_json.read_text())["error"] is None
 
 
+@pytest.mark.parametrize("run_id", ["latest", "20990101-000000-abcdef"])
+def test_resume_in_a_workspace_that_does_not_exist_says_so_and_creates_nothing(tmp_path, capfd, run_id):
+    missing = tmp_path / "no-workspace-here"
+    assert sleuth(["resume", run_id, "--workspace", str(missing)]) == 2
+    err = capfd.readouterr().err
+    assert err.startswith("sleuth: error: no workspace at") and err.count("\n") == 1, err
+    assert not missing.exists()
+
+
 LONG = " ".join(["the"] * 80)  # the organism's context is 64 tokens
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
