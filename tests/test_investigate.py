@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -160,6 +161,18 @@ def test_resume_in_a_workspace_that_does_not_exist_says_so_and_creates_nothing(t
     err = capfd.readouterr().err
     assert err.startswith("sleuth: error: no workspace at") and err.count("\n") == 1, err
     assert not missing.exists()
+
+
+def test_two_prompts_support_no_claim_however_large_the_effects(tmp_path, capsys):
+    """On two fresh prompts the bootstrap sees no draw against a large effect and once gave
+    p = 1/2001, so seven claims were supported on two prompts; no p-value may now go below
+    2^-n (`tools.stats._floored`), and after Holm nothing is decided on so little."""
+    out = _ask(capsys, tmp_path / "ws", "--n", "2")
+    assert out["claims"] and {c["verdict"] for c in out["claims"]} == {"inconclusive"}
+    assert all(c["n"] == 2 for c in out["claims"])
+    assert sleuth(["report", "latest", "--workspace", str(tmp_path / "ws")]) == 0
+    adjusted = [float(p) for p in re.findall(r"Holm-adjusted p ([0-9.]+)", capsys.readouterr().out)]
+    assert len(adjusted) == len(out["claims"]) and min(adjusted) >= 0.25, adjusted
 
 
 LONG = " ".join(["the"] * 80)  # the organism's context is 64 tokens

@@ -383,6 +383,20 @@ def test_ratio_pvalue_agrees_with_the_ratio_ci_and_sees_numerator_and_denominato
     assert ratio_bootstrap_pvalue(numerator, denominator, threshold=ci.estimate, seed=3) > 0.3
 
 
+@pytest.mark.parametrize("n, floor", [(2, 0.25), (5, 1 / 32), (8, 1 / 256), (16, 1 / 2001)])
+def test_a_pvalue_on_few_items_all_pointing_one_way_is_never_below_what_a_sign_test_allows(n, floor):
+    from tools.stats import ratio_bootstrap_pvalue
+
+    rng = np.random.default_rng(n)
+    denominator = rng.uniform(4.0, 8.0, size=n)  # clean - corrupted logit differences
+    numerator = 0.95 * denominator  # the claimed set removes 95% of it on every prompt
+    # the bootstrap finds no draw against a 0.25 prediction and would say 1/2001 at any n
+    assert ratio_bootstrap_pvalue(numerator, denominator, threshold=0.25) == pytest.approx(floor)
+    assert bootstrap_pvalue(numerator / denominator, threshold=0.25) == pytest.approx(floor)
+    # the floor is a minimum, not a replacement: data below the prediction keep their p
+    assert ratio_bootstrap_pvalue(numerator, denominator, threshold=1.5) > 0.9
+
+
 def test_ratio_pvalue_rejects_bad_input():
     from tools.stats import ratio_bootstrap_pvalue
 

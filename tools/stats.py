@@ -152,7 +152,7 @@ def ratio_bootstrap_pvalue(
     threshold the data lie): the bootstrap distribution of the ratio is centred on the
     threshold and the draws at least as far above it as the observed ratio are counted::
 
-        p = (1 + #{ratio* - ratio >= ratio - threshold}) / (1 + n_resamples)
+        p = max((1 + #{ratio* - ratio >= ratio - threshold}) / (1 + n_resamples), 2 ** -n)
 
     A bootstrap of per-prompt values divided by a fixed denominator would ignore how numerator
     and denominator move together (restoring an activation that carries everything gives
@@ -170,7 +170,17 @@ def ratio_bootstrap_pvalue(
     observed = float(num.mean() / den.mean())
     draws = _ratio_draws(num, den, _check_resamples(n_resamples), seed)
     extreme = (draws - observed) >= (observed - threshold)
-    return float((1 + np.count_nonzero(extreme)) / (1 + draws.size))
+    return _floored(float((1 + np.count_nonzero(extreme)) / (1 + draws.size)), num.size)
+
+
+def _floored(p: float, n: int) -> float:
+    """``p``, but never below ``2 ** -n``: the smallest p-value an exact sign test can give on
+    ``n`` items that all point the same way. The bootstrap only resamples what it was shown, so
+    on two prompts with large effects it finds no draw against them and reports
+    ``1 / (1 + n_resamples)`` (the critic supported seven claims on two prompts that way); no
+    test that assumes nothing about the items' distribution can say more than ``2 ** -n``. From
+    about 11 items on the bound lies below the bootstrap's own smallest value (1/2001)."""
+    return max(p, 0.5 ** n)
 
 
 def _ratio_draws(num: np.ndarray, den: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
@@ -207,7 +217,8 @@ def bootstrap_pvalue(
         p = (1 + #{resampled mean <= observed mean}) / (1 + n_resamples)    # "less"
 
     The ``+1`` counts the observed sample as one of the resamples, so ``p`` is never 0 and its
-    smallest value is ``1 / (1 + n_resamples)``.
+    smallest value is ``1 / (1 + n_resamples)``, or ``2 ** -n`` on ``n`` values when that is
+    larger (`_floored`).
     """
     x = _sample(values, "values")
     if alternative not in ("greater", "less"):
@@ -221,7 +232,7 @@ def bootstrap_pvalue(
     null_draws = _resampled(x - observed, np.mean, _check_resamples(n_resamples), rng)
     excess = observed - threshold
     extreme = null_draws >= excess if alternative == "greater" else null_draws <= excess
-    return float((1 + np.count_nonzero(extreme)) / (1 + null_draws.size))
+    return _floored(float((1 + np.count_nonzero(extreme)) / (1 + null_draws.size)), x.size)
 
 
 class MarginTest(BaseModel):

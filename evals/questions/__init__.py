@@ -58,7 +58,7 @@ class Question(BaseModel):
     key: str
     model: str | None = None
     seeds: tuple[Annotated[int, Field(ge=0, le=MAX_SEED)], ...] = Field((0,), min_length=1)
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=2)
     judge_n: int | None = Field(None, ge=2)
 
     @model_validator(mode="after")
