@@ -98,7 +98,7 @@ def resume(run_id: str, *, workspace: str | None = None, chroma_url: str | None 
         run = memory.runs.open(_latest_id(memory.runs) if run_id == "latest" else run_id)
         settings = run.record.settings
         if "behavior" not in settings:
-            raise UserInputError(f"run {run_id} was not started by `sleuth ask`; nothing to resume")
+            raise UserInputError(f"run {run.id} was not started by `sleuth ask`; nothing to resume")
         if run.record.status in ("answered", "budget_exhausted", "degraded"):
             return summary(run)
         loaded = _load(load_model, settings["model"], settings.get("remote", False))

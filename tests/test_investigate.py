@@ -175,6 +175,18 @@ def test_two_prompts_support_no_claim_however_large_the_effects(tmp_path, capsys
     assert len(adjusted) == len(out["claims"]) and min(adjusted) >= 0.25, adjusted
 
 
+def test_resume_latest_names_the_run_it_found_when_that_run_is_not_an_investigation(tmp_path, capfd):
+    from memory.session import Memory
+
+    with Memory.open(str(tmp_path / "ws"), writer=True) as memory:  # as `sleuth diff` leaves one
+        run = memory.runs.create("what changed for IOI", "organism-default", weights_hash="0" * 64,
+                                 settings={"base": "organism-default"})
+    capfd.readouterr()  # the embedder's loading bar above, outside sleuth
+    assert sleuth(["resume", "latest", "--workspace", str(tmp_path / "ws")]) == 2
+    err = capfd.readouterr().err
+    assert err == f"sleuth: error: run {run.id} was not started by `sleuth ask`; nothing to resume\n"
+
+
 LONG = " ".join(["the"] * 80)  # the organism's context is 64 tokens
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
