@@ -173,6 +173,8 @@ def test_two_prompts_support_no_claim_however_large_the_effects(tmp_path, capsys
     assert sleuth(["report", "latest", "--workspace", str(tmp_path / "ws")]) == 0
     adjusted = [float(p) for p in re.findall(r"Holm-adjusted p ([0-9.]+)", capsys.readouterr().out)]
     assert len(adjusted) == len(out["claims"]) and min(adjusted) >= 0.25, adjusted
+    assert sleuth(["report", "latest", "--workspace", str(tmp_path / "ws")]) == 0
+    assert "The critic had 2 fresh prompts: no p-value goes below 2^-2 = 0.25" in capsys.readouterr().out
 
 
 def test_resume_latest_names_the_run_it_found_when_that_run_is_not_an_investigation(tmp_path, capfd):

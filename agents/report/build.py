@@ -663,6 +663,13 @@ def _limitations(record, investigation: dict, m: dict, claims: list[Claim]) -> l
                    "weak evidence on its own, which is why the CI must also clear the pre-registered prediction.")
     out.append("Predictions are pre-registered at half of what discovery measured (rounded down to 0.05): a "
                "supported claim replicates at a substantial size, not necessarily at the size first seen.")
+    tested = [c.n for c in claims if c.n]
+    if tested and 0.5 ** max(tested) * len(tested) >= 0.05:
+        n = max(tested)
+        out.append(f"The critic had {n} fresh prompts: no p-value goes below 2^-{n} = {0.5 ** n:.3g} (the most an exact "
+                   f"sign test can say from {n} prompts), and Holm's correction over {len(tested)} claims asks for "
+                   f"less than {0.05 / len(tested):.3g}, so no claim could be supported on so few; more fresh prompts "
+                   "(`--n`, or a prompt with more variants) are needed to decide.")
     if record.status == "budget_exhausted":
         out.append(f"The budget ran out in the {investigation.get('stopped_in')}; later phases, and the critic's "
                    "tests of claims not yet made, did not run.")
