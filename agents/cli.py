@@ -506,6 +506,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as e:
         print(f"sleuth: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:  # Ctrl-C: where things were left, not a traceback
+        run_id = getattr(stop, "run_id", None)
+        print("sleuth: interrupted" + (f"; run {run_id} is stored as interrupted, `sleuth resume {run_id}` goes on "
+                                        "from its last checkpoint" if run_id else ""), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -189,6 +189,38 @@ def test_resume_latest_names_the_run_it_found_when_that_run_is_not_an_investigat
     assert err == f"sleuth: error: run {run.id} was not started by `sleuth ask`; nothing to resume\n"
 
 
+def test_ctrl_c_stores_the_run_as_interrupted_says_so_in_one_line_and_resume_finishes_it(finished, tmp_path, capsys):
+    out, _ = finished
+    workspace = tmp_path / "ws"
+    child = subprocess.Popen([sys.executable, "-m", "agents.cli", *ASK, "--workspace", str(workspace)],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 900
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            found = list((workspace / "runs").glob("*/run.json")) if (workspace / "runs").exists() else []
+            try:
+                if found and json.loads(found[0].read_text())["cost"]["experiments"] >= 3:
+                    child.send_signal(signal.SIGINT)
+                    break
+            except (ValueError, KeyError):
+                pass
+            time.sleep(0.02)
+        _, err = child.communicate(timeout=300)
+    finally:
+        child.kill()
+    assert child.returncode == 130, err
+    record = json.loads(found[0].read_text())
+    assert record["status"] == "interrupted"
+    assert err.strip() == (f"sleuth: interrupted; run {record['id']} is stored as interrupted, "
+                           f"`sleuth resume {record['id']}` goes on from its last checkpoint")
+    assert sleuth(["resume", record["id"], "--workspace", str(workspace), "--json"]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["status"] == "answered"
+    assert [(c["statement"], c["verdict"]) for c in resumed["claims"]] == \
+        [(c["statement"], c["verdict"]) for c in out["claims"]]
+
+
 LONG = " ".join(["the"] * 80)  # the organism's context is 64 tokens
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
