@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Sequence
 
-from tools.errors import UserInputError
+from tools.errors import Interrupted, UserInputError
 
 DEFAULT_MODEL = "gemma-3-270m"
 
@@ -182,7 +182,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     # the benchmark lives with the evals (which may import everything); imported here only
-    from evals.harness import format_scoreboard, resume_plan, run_benchmark
+    from evals.harness import PLAN_FILE, format_scoreboard, resume_plan, run_benchmark
     from evals.questions import BENCHMARK, eval_questions
     from memory.runstore import new_run_id
     from tools.atomic import atomic_write_text
@@ -212,9 +212,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    board = run_benchmark(questions, root=root, questions_file=path, brain=brain, llm=llm, only=args.only or (),
-                          seed_shift=args.seed_shift or 0, resume=plan,
-                          log=lambda line: print(f"eval: {line}", file=sys.stderr, flush=True))
+    try:
+        board = run_benchmark(questions, root=root, questions_file=path, brain=brain, llm=llm, only=args.only or (),
+                              seed_shift=args.seed_shift or 0, resume=plan,
+                              log=lambda line: print(f"eval: {line}", file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        if not (root / PLAN_FILE).exists():  # stopped before it began: nothing to go on from
+            raise
+        raise Interrupted(f"the eval keeps what it scored in {root}, `sleuth eval --resume {root}` goes on") from None
     text = board.model_dump_json(indent=1)  # run_benchmark wrote it to root/scoreboard.json
     if args.out:
         atomic_write_text(Path(args.out), text + "\n")
@@ -507,9 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sleuth: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C: where things were left, not a traceback
-        run_id = getattr(stop, "run_id", None)
-        print("sleuth: interrupted" + (f"; run {run_id} is stored as interrupted, `sleuth resume {run_id}` goes on "
-                                        "from its last checkpoint" if run_id else ""), file=sys.stderr)
+        told = f"; {stop}" if isinstance(stop, Interrupted) else ""
+        print(f"sleuth: interrupted{told}", file=sys.stderr)
         return 130
 
 

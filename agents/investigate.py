@@ -19,7 +19,7 @@ from agents.playbook import HeuristicBrain
 from agents.progress import Progress
 from agents.steps import Toolbox
 from memory.session import Memory
-from tools.errors import RunInterrupted, UserInputError
+from tools.errors import Interrupted, UserInputError
 from tools.tasks import check_seed
 from tools.tasks.declared import declared_tasks
 
@@ -189,7 +189,8 @@ def _drive(memory: Memory, run, loaded, behavior: BehaviorSpec, state: dict[str,
         asyncio.run(_invoke(brain, toolbox, run, state))
     except KeyboardInterrupt:
         run.update(status="interrupted", cost={"wall_s": toolbox.elapsed()})
-        raise RunInterrupted(run.id) from None
+        raise Interrupted(f"run {run.id} is stored as interrupted, `sleuth resume {run.id}` goes on from its last "
+                          "checkpoint") from None
     except Exception as error:  # stored as failed, not left "running" as if a process still held it
         run.update(status="failed", error=_one_line(error), cost={"wall_s": toolbox.elapsed()})
         raise

@@ -123,3 +123,25 @@ sys.exit(main(["check", "--model", "nobody/no-such-model-anywhere"]))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("sleuth: error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_ctrl_c_during_an_eval_is_one_line_naming_the_command_that_goes_on(capsys, monkeypatch, tmp_path):
+    import evals.harness
+
+    began = []
+
+    def interrupted(*args, root, **kwargs):
+        if began:  # as run_benchmark does once its models are loaded
+            root.mkdir(parents=True)
+            (root / evals.harness.PLAN_FILE).write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evals.harness, "run_benchmark", interrupted)
+    code, _, err = run_cli(capsys, "eval", "--only", "default-ioi", "--workspace", str(tmp_path))
+    assert (code, err) == (130, "sleuth: interrupted\n")  # stopped before it wrote anything to resume
+    began.append(True)
+    code, _, err = run_cli(capsys, "eval", "--only", "default-ioi", "--workspace", str(tmp_path))
+    assert code == 130
+    (root,) = tmp_path.iterdir()
+    assert err == (f"sleuth: interrupted; the eval keeps what it scored in {root}, "
+                   f"`sleuth eval --resume {root}` goes on\n")

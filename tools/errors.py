@@ -3,7 +3,7 @@
 ``UserInputError`` and its children are mistakes the user can fix (a bad model path, an
 unknown task, an answer that is not one token). The CLI prints their message on one line and
 exits with code 2. Ctrl-C is not a bug either: the CLI says on one line where the run was left
-(``RunInterrupted``) and exits with 130. Anything else escaping is a bug and keeps its traceback.
+(``Interrupted``) and exits with 130. Anything else escaping is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -77,9 +77,5 @@ def first_problem(error: Exception) -> str:
     return f"{where + ': ' if where else ''}{first['msg'].removeprefix('Value error, ')}"
 
 
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run that was stored as interrupted; ``run_id`` is what `sleuth resume` takes."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(run_id)
-        self.run_id = run_id
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C with something stored to go on from; the message says what and the command to go on."""
