@@ -192,9 +192,12 @@ def test_resume_latest_names_the_run_it_found_when_that_run_is_not_an_investigat
 def test_ctrl_c_stores_the_run_as_interrupted_says_so_in_one_line_and_resume_finishes_it(finished, tmp_path, capsys):
     out, _ = finished
     workspace = tmp_path / "ws"
+    # Ctrl-C's default action, as at a terminal: a test run started in the background (CI, `make test &`)
+    # inherits SIGINT ignored, and a Python started so never turns it into KeyboardInterrupt
     child = subprocess.Popen([sys.executable, "-m", "agents.cli", *ASK, "--workspace", str(workspace)],
                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+                             env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 900
     try:
         while time.monotonic() < deadline and child.poll() is None:
