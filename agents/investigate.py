@@ -9,6 +9,9 @@ the run id: it reloads the model, rebuilds the graph and continues from the last
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from agents.behavior import BehaviorSpec, default_prompt_count, load_spec_file, with_prompt_count
@@ -186,7 +189,8 @@ def _drive(memory: Memory, run, loaded, behavior: BehaviorSpec, state: dict[str,
                       memory=memory.vectors, progress=progress or Progress(enabled=False))
     _bind_accounting(brain, run, budget, toolbox.progress)
     try:
-        asyncio.run(_invoke(brain, toolbox, run, state))
+        with _ctrl_c_stops_at_once():
+            asyncio.run(_invoke(brain, toolbox, run, state))
     except KeyboardInterrupt:
         run.update(status="interrupted", cost={"wall_s": toolbox.elapsed()})
         raise Interrupted(f"run {run.id} is stored as interrupted, `sleuth resume {run.id}` goes on from its last "
@@ -199,6 +203,29 @@ def _drive(memory: Memory, run, loaded, behavior: BehaviorSpec, state: dict[str,
     memory.vectors.add_question(run.record.question, run_id=run.id, model_id=loaded.model_id,
                                 answer=run.record.answer, status=run.record.status)
     return summary(run)
+
+
+@contextmanager
+def _ctrl_c_stops_at_once():
+    """Ctrl-C raises KeyboardInterrupt where the run is, as in any Python program. Left to itself,
+    ``asyncio.run`` only cancels its task at the next await, and a worker runs its whole job (all
+    of the critic's experiments, minutes on a large model) without one, so the first Ctrl-C
+    seemed ignored. Stopping mid-job loses nothing: each finished experiment is in the cache and
+    the graph resumes from its last checkpoint. Left alone where SIGINT is ignored or handled by
+    someone else, or off the main thread."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def stop(signum, frame):  # the default handler's effect, under another name: asyncio keeps out
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _one_line(error: Exception) -> str:

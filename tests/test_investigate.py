@@ -203,7 +203,7 @@ def test_ctrl_c_stores_the_run_as_interrupted_says_so_in_one_line_and_resume_fin
         while time.monotonic() < deadline and child.poll() is None:
             found = list((workspace / "runs").glob("*/run.json")) if (workspace / "runs").exists() else []
             try:
-                if found and json.loads(found[0].read_text())["cost"]["experiments"] >= 3:
+                if found and json.loads(found[0].read_text())["cost"]["experiments"] >= 33:  # in the critic's job
                     child.send_signal(signal.SIGINT)
                     break
             except (ValueError, KeyError):
@@ -215,6 +215,8 @@ def test_ctrl_c_stores_the_run_as_interrupted_says_so_in_one_line_and_resume_fin
     assert child.returncode == 130, err
     record = json.loads(found[0].read_text())
     assert record["status"] == "interrupted"
+    # it stopped where it was, not after the critic's whole job (which asyncio's own handling waited for)
+    assert record["cost"]["experiments"] < out["cost"]["experiments"]
     assert err.strip() == (f"sleuth: interrupted; run {record['id']} is stored as interrupted, "
                            f"`sleuth resume {record['id']}` goes on from its last checkpoint")
     assert sleuth(["resume", record["id"], "--workspace", str(workspace), "--json"]) == 0
@@ -222,6 +224,7 @@ def test_ctrl_c_stores_the_run_as_interrupted_says_so_in_one_line_and_resume_fin
     assert resumed["status"] == "answered"
     assert [(c["statement"], c["verdict"]) for c in resumed["claims"]] == \
         [(c["statement"], c["verdict"]) for c in out["claims"]]
+    assert json.loads(found[0].read_text())["cost"]["cache_misses"] == out["cost"]["experiments"]  # none twice
 
 
 LONG = " ".join(["the"] * 80)  # the organism's context is 64 tokens
