@@ -173,14 +173,20 @@ def ratio_bootstrap_pvalue(
     return _floored(float((1 + np.count_nonzero(extreme)) / (1 + draws.size)), num.size)
 
 
+def smallest_pvalue(n: int) -> float:
+    """``2 ** -n``: the smallest p-value an exact sign test can give on ``n`` items that all
+    point the same way, and the floor of every bootstrap p-value here (`_floored`). The
+    bootstrap only resamples what it was shown, so on two prompts with large effects it finds
+    no draw against them and reports ``1 / (1 + n_resamples)`` (the critic supported seven
+    claims on two prompts that way); no test that assumes nothing about the items'
+    distribution can say more than ``2 ** -n``. From about 11 items on the bound lies below
+    the bootstrap's own smallest value (1/2001)."""
+    return 0.5 ** n
+
+
 def _floored(p: float, n: int) -> float:
-    """``p``, but never below ``2 ** -n``: the smallest p-value an exact sign test can give on
-    ``n`` items that all point the same way. The bootstrap only resamples what it was shown, so
-    on two prompts with large effects it finds no draw against them and reports
-    ``1 / (1 + n_resamples)`` (the critic supported seven claims on two prompts that way); no
-    test that assumes nothing about the items' distribution can say more than ``2 ** -n``. From
-    about 11 items on the bound lies below the bootstrap's own smallest value (1/2001)."""
-    return max(p, 0.5 ** n)
+    """``p``, but never below `smallest_pvalue` of ``n`` items."""
+    return max(p, smallest_pvalue(n))
 
 
 def _ratio_draws(num: np.ndarray, den: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:

@@ -33,6 +33,7 @@ from agents.readouts import (
 from agents.report.answer import ROLE_ORDER, compose_answer, no_behaviour_answer, ordered
 from agents.report.charts import Chart, Diagram, Edge, Heatmap, LineChart, Node, Series
 from memory.records import Claim, Cost
+from tools.stats import smallest_pvalue
 
 if TYPE_CHECKING:
     from memory.runstore import Run
@@ -664,11 +665,11 @@ def _limitations(record, investigation: dict, m: dict, claims: list[Claim]) -> l
     out.append("Predictions are pre-registered at half of what discovery measured (rounded down to 0.05): a "
                "supported claim replicates at a substantial size, not necessarily at the size first seen.")
     tested = [c.n for c in claims if c.n]
-    if tested and 0.5 ** max(tested) * len(tested) >= 0.05:
-        n = max(tested)
-        out.append(f"The critic had {n} fresh prompts: no p-value goes below 2^-{n} = {0.5 ** n:.3g} (the most an exact "
-                   f"sign test can say from {n} prompts), and Holm's correction over {len(tested)} claims asks for "
-                   f"less than {0.05 / len(tested):.3g}, so no claim could be supported on so few; more fresh prompts "
+    n, k = max(tested, default=0), len(tested)
+    if tested and smallest_pvalue(n) * k >= 0.05:  # Holm's first step cannot clear alpha
+        out.append(f"The critic had {n} fresh prompts: no p-value goes below 2^-{n} = {smallest_pvalue(n):.3g} (the "
+                   f"most an exact sign test can say from {n} prompts), and Holm's correction over {k} claims asks "
+                   f"for less than {0.05 / k:.3g}, so no claim could be supported on so few; more fresh prompts "
                    "(`--n`, or a prompt with more variants) are needed to decide.")
     if record.status == "budget_exhausted":
         out.append(f"The budget ran out in the {investigation.get('stopped_in')}; later phases, and the critic's "
