@@ -40,6 +40,7 @@ from agents.intake import intake
 from agents.report.build import prompt_examples
 from tools.errors import UserInputError
 from tools.stats import Interval
+from tools.tasks import check_prompt_count
 
 if TYPE_CHECKING:
     from memory.runstore import Run
@@ -58,8 +59,7 @@ def diff_models(question: str, *, base: str, model: str, spec_file: str | None =
     from tools.experiments.cross_model_patching import check_comparable
     from tools.loading import load_model
 
-    if n is not None and n < 2:
-        raise UserInputError(f"--n must be at least 2 (a bootstrap over prompts needs two), not {n}")
+    check_prompt_count(n)
     if not question.strip() and spec_file is None:
         raise UserInputError("diff needs a question naming the behaviour (or --spec FILE)")
     behavior = load_spec_file(spec_file) if spec_file is not None else None

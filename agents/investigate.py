@@ -23,7 +23,7 @@ from agents.progress import Progress
 from agents.steps import Toolbox
 from memory.session import Memory
 from tools.errors import Interrupted, UserInputError
-from tools.tasks import check_seed
+from tools.tasks import check_prompt_count, check_seed
 from tools.tasks.declared import declared_tasks
 
 if TYPE_CHECKING:
@@ -49,8 +49,7 @@ def ask(question: str, *, model: str, spec_file: str | None = None, workspace: s
         raise UserInputError(f"unknown brain {brain!r}; use one of {', '.join(BRAINS)}")
     thinker = make_brain(brain, llm)
     events: list[dict[str, Any]] = []
-    if n is not None and n < 2:
-        raise UserInputError(f"--n must be at least 2 (the critic's bootstrap over fresh prompts needs two), not {n}")
+    check_prompt_count(n)
     check_seed(seed)
     if not question.strip() and spec_file is None:
         raise UserInputError("ask needs a question (or --spec FILE)")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from agents.canaries import DEFAULT_N, DEFAULT_SEED, default_canaries, load_canaries, measure_canary, readings_of
 from tools.canary import appearance, rising, scale, shifts
 from tools.errors import ModelNotFoundError, NotAModelError, UserInputError
+from tools.tasks import check_prompt_count
 
 if TYPE_CHECKING:
     from memory.runstore import Run
@@ -147,8 +148,7 @@ def watch(arguments: Sequence[str], *, behaviours: str | None = None, workspace:
     from tools.experiments.cross_model_patching import check_comparable
     from tools.loading import load_model
 
-    if n < 2:
-        raise UserInputError(f"--n must be at least 2 (a CI over prompts needs two), not {n}")
+    check_prompt_count(n)
     started = time.monotonic()
     series = expand_checkpoints(arguments)
     check_series(series)

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from tools.errors import UnknownTaskError
-from tools.tasks.base import MAX_SEED, TaskGenerator, TaskPrompt, answer_token_id, check_seed, is_expressible
+from tools.tasks.base import (
+    MAX_SEED,
+    TaskGenerator,
+    TaskPrompt,
+    answer_token_id,
+    check_prompt_count,
+    check_seed,
+    is_expressible,
+)
 from tools.tasks.facts import FactsTask
 from tools.tasks.greater_than import GreaterThanTask
 from tools.tasks.induction import InductionTask
@@ -29,6 +37,7 @@ def get_task(name: str) -> TaskGenerator:
 
 
 __all__ = [
-    "MAX_SEED", "TASK_NAMES", "TaskGenerator", "TaskPrompt", "TriggerTask", "answer_token_id", "check_seed",
+    "MAX_SEED", "TASK_NAMES", "TaskGenerator", "TaskPrompt", "TriggerTask", "answer_token_id", "check_prompt_count",
+    "check_seed",
     "get_task", "is_expressible",
 ]

@@ -31,6 +31,18 @@ of its random directions; the held-out split's ``seed + 1000``) then stay within
 torch's generators and the run checkpoints hold (64 bits)."""
 
 
+def check_prompt_count(n: int | None) -> int | None:
+    """``n`` (None: the command's default), if it is a prompt count a user may give: at least
+    two, since every verdict is a bootstrap over prompts.
+
+    Raises:
+        UserInputError: one line.
+    """
+    if n is not None and n < 2:
+        raise UserInputError(f"--n must be at least 2 (a bootstrap over prompts needs two), not {n}")
+    return n
+
+
 def check_seed(seed: int) -> int:
     """``seed``, if it is a seed a user may give (0 to `MAX_SEED`).
 
