@@ -110,7 +110,9 @@ def test_a_key_of_your_own_prompts_is_computed_on_exactly_those_prompts(tmp_path
     (["--model", "organism-default", "--task", "pronoun", "--name", "../up"], "it names the file"),
     (["--model", "organism-default", "--task", "pronoun", "--name", "default-ioi"], "a shipped key's"),
     (["--key", "default-ioi", "--model", "organism-default"], "not both"),
-    (["--model", "organism-default", "--task", "pronoun", "--name", "x", "--n", "0"], "at least one prompt"),
+    (["--model", "organism-default", "--task", "pronoun", "--name", "x", "--n", "0"], "--n must be at least 2"),
+    (["--model", "organism-default", "--task", "pronoun", "--name", "x", "--n", "1"], "--n must be at least 2"),
+    (["--model", "organism-default", "--prompts", "one.json", "--name", "x"], "at least two prompts"),
     (["--model", "organism-default", "--task", "no-such-task", "--name", "x", "--n", "4"], "neither a known task"),
     (["--model", "/no/such/model", "--task", "ioi", "--name", "x"], "no such model"),
 ])
@@ -119,6 +121,8 @@ def test_a_bad_key_command_is_one_line_and_exit_2_and_writes_nothing(tmp_path, c
     from evals.keys.compute import main as compute
 
     _write(tmp_path / "p.json", json.dumps({"clean": ["a"], "corrupted": ["b"], "answer": [" x"]}))
+    _write(tmp_path / "one.json", json.dumps({"clean": ["a b"], "corrupted": ["c b"], "answer": [" x"],
+                                              "foil": [" y"]}))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stopped:
         code = compute([*argv, "--out-dir", str(tmp_path / "out")])

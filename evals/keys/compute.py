@@ -49,6 +49,7 @@ from evals.keys.schema import KEYS_DIR, AnswerKey, ComponentEffect, Edge, Effect
 from tools.components import parse_component
 from tools.errors import UserInputError, first_problem
 from tools.stats import ratio_bootstrap_ci
+from tools.tasks.base import check_prompt_count
 
 if TYPE_CHECKING:
     from tools.experiments.prompts import PromptPairs
@@ -88,9 +89,13 @@ class KeyTarget(BaseModel):
             raise UserInputError(f"{self.prompts_file}: a prompts file is a mapping of exactly "
                                  f"{', '.join(lists)}: lists of strings, one entry each per prompt")
         try:
-            return KeyPrompts.model_validate(data)
+            prompts = KeyPrompts.model_validate(data)
         except ValidationError as error:
             raise UserInputError(f"{self.prompts_file}: {first_problem(error)}") from None
+        if prompts.size < 2:
+            raise UserInputError(f"{self.prompts_file}: a key needs at least two prompts (its tables are "
+                                 f"bootstraps over prompts), not {prompts.size}")
+        return prompts
 
 
 SHIPPED: dict[str, KeyTarget] = {t.name: t for t in (
@@ -265,8 +270,10 @@ def _targets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[
             parser.error(f"--name {args.name!r}: use letters, digits, '.', '_' and '-' (it names the file)")
         if args.name in SHIPPED:
             parser.error(f"--name {args.name!r} is a shipped key's; recompute it with --key {args.name}")
-        if args.n is not None and args.n < 1:
-            parser.error(f"--n {args.n}: a key needs at least one prompt")
+        try:
+            check_prompt_count(args.n)
+        except UserInputError as error:
+            parser.error(str(error))
         if args.prompts:
             return [KeyTarget(name=args.name, model=args.model, prompts_file=args.prompts)]
         return [KeyTarget(name=args.name, model=args.model, task=args.task, n=args.n or USER_N)]
