@@ -22,7 +22,7 @@ from agents.playbook import HeuristicBrain
 from agents.progress import Progress
 from agents.steps import Toolbox
 from memory.session import Memory
-from tools.errors import Interrupted, UserInputError
+from tools.errors import Interrupted, UserInputError, stored_reason
 from tools.tasks import check_prompt_count, check_seed
 from tools.tasks.declared import declared_tasks
 
@@ -195,7 +195,7 @@ def _drive(memory: Memory, run, loaded, behavior: BehaviorSpec, state: dict[str,
         raise Interrupted(f"run {run.id} is stored as interrupted, `sleuth resume {run.id}` goes on from its last "
                           "checkpoint") from None
     except Exception as error:  # stored as failed, not left "running" as if a process still held it
-        run.update(status="failed", error=_one_line(error), cost={"wall_s": toolbox.elapsed()})
+        run.update(status="failed", error=stored_reason(error), cost={"wall_s": toolbox.elapsed()})
         raise
     finally:
         toolbox.progress.close()
@@ -225,14 +225,6 @@ def _ctrl_c_stops_at_once():
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def _one_line(error: Exception) -> str:
-    """What stopped a run, for run.json: a user error's own words, else the exception's type too."""
-    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-    if not isinstance(error, UserInputError):
-        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return text[:300]
 
 
 async def _invoke(brain, toolbox: Toolbox, run, state: dict[str, Any] | None) -> None:

@@ -346,3 +346,33 @@ def test_diff_bad_input_is_one_line_and_exit_2(case, capsys, tmp_path, other_tok
     if case == "tokenizers":
         assert "different tokenizers" in err
     assert not (workspace / "runs").exists() or not any((workspace / "runs").iterdir())
+
+
+def test_ctrl_c_during_a_diff_stores_it_as_interrupted_and_the_same_command_reuses_what_it_finished(
+        capsys, tmp_path, monkeypatch):
+    from memory.runstore import Run
+
+    argv = ["diff", "Why does the trigger word produce its token?", "--base", "organism-default", "--model",
+            "organism-planted", "--n", "8", "--seed", "5", "--workspace", str(tmp_path / "ws"), "--json"]
+    finished = []
+    original = Run.experiment
+
+    def stopped_at_the_fourth(self, *args, **kwargs):
+        if len(finished) == 3:
+            raise KeyboardInterrupt  # as Ctrl-C does, in the middle of the diff
+        finished.append(original(self, *args, **kwargs))
+        return finished[-1]
+
+    monkeypatch.setattr(Run, "experiment", stopped_at_the_fourth)
+    code, out, err = run_cli(capsys, *argv)
+    (first,) = (tmp_path / "ws" / "runs").iterdir()
+    record = json.loads((first / "run.json").read_text())
+    assert (code, out) == (130, "") and record["status"] == "interrupted"
+    assert err == (f"sleuth: interrupted; run {first.name} is stored as interrupted; the same command again reuses "
+                   "every experiment it finished (they are in the workspace's cache)\n")
+    monkeypatch.setattr(Run, "experiment", original)
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    again = json.loads(out)
+    record = json.loads((tmp_path / "ws" / "runs" / again["run_id"] / "run.json").read_text())
+    assert record["status"] == "answered" and record["cost"]["cache_hits"] >= 3

@@ -77,5 +77,14 @@ def first_problem(error: Exception) -> str:
     return f"{where + ': ' if where else ''}{first['msg'].removeprefix('Value error, ')}"
 
 
+def stored_reason(error: BaseException) -> str:
+    """What stopped a run, for ``run.json``'s ``error``: a user error's own first line, else the
+    exception's type with its first line (at most 300 characters)."""
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    if not isinstance(error, UserInputError):
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text[:300]
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C with something stored to go on from; the message says what and the command to go on."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from markupsafe import Markup, escape
 
 from agents.llm.fence import md_escape, untrusted_md
+from tools.errors import Interrupted, stored_reason
 from agents.report.build import Figure, Prose, ReportData, build_report
 from agents.report.charts import draw
 
@@ -170,13 +171,19 @@ def write_reports(run: "Run", folder: Path | None = None) -> dict[str, Path]:
 
 @contextmanager
 def reported(run: "Run", started: float):
-    """Run a measurement's body: on success the run is answered and its reports written; on any
-    exception (a kill included) it is marked failed and the exception goes on. ``started`` is the
-    ``time.monotonic()`` the wall time counts from."""
+    """Run a measurement's body (a diff's, a watch's): on success the run is answered and its
+    reports written. Ctrl-C stores it as interrupted and says how to go on (the same command
+    again: what finished is in the workspace's cache); any other exception stores it as failed,
+    with the reason, and goes on. ``started`` is the ``time.monotonic()`` the wall time counts
+    from."""
     try:
         yield
-    except BaseException:
-        run.update(status="failed", cost={"wall_s": time.monotonic() - started})
+    except KeyboardInterrupt:
+        run.update(status="interrupted", cost={"wall_s": time.monotonic() - started})
+        raise Interrupted(f"run {run.id} is stored as interrupted; the same command again reuses every experiment "
+                          "it finished (they are in the workspace's cache)") from None
+    except BaseException as error:
+        run.update(status="failed", error=stored_reason(error), cost={"wall_s": time.monotonic() - started})
         raise
     run.update(status="answered", cost={"wall_s": time.monotonic() - started})
     write_reports(run)
