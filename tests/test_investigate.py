@@ -224,7 +224,11 @@ def test_ctrl_c_stores_the_run_as_interrupted_says_so_in_one_line_and_resume_fin
     assert resumed["status"] == "answered"
     assert [(c["statement"], c["verdict"]) for c in resumed["claims"]] == \
         [(c["statement"], c["verdict"]) for c in out["claims"]]
-    assert json.loads(found[0].read_text())["cost"]["cache_misses"] == out["cost"]["experiments"]  # none twice
+    # none computed twice: at most one miss per experiment of the uninterrupted run. One fewer when
+    # Ctrl-C landed between caching an experiment and counting it (the resumed run then finds it
+    # cached: computed once, counted as a hit)
+    misses = json.loads(found[0].read_text())["cost"]["cache_misses"]
+    assert out["cost"]["experiments"] - 1 <= misses <= out["cost"]["experiments"]
 
 
 LONG = " ".join(["the"] * 80)  # the organism's context is 64 tokens
