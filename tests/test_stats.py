@@ -62,6 +62,61 @@ def test_bootstrap_ci_coverage_is_near_nominal():
     assert 0.88 * 200 <= hits <= 0.99 * 200
 
 
+@pytest.mark.parametrize("n", [8, 9])
+def test_on_few_items_the_interval_covers_near_its_nominal_level_where_the_plain_percentile_falls_short(n):
+    """The expanded percentile interval (Hesterberg 2015) against scipy's plain percentile
+    bootstrap, on the same samples: 600 normal samples of ``n`` items with mean 0."""
+    from tools.stats import ratio_bootstrap_ci
+
+    rng = np.random.default_rng(500 + n)
+    ours = plain = ratio = 0
+    trials = 600
+    for i in range(trials):
+        x = rng.normal(0.0, 1.0, size=n)
+        ci = bootstrap_ci(x, n_resamples=1000, seed=i)
+        ref = scipy.stats.bootstrap((x,), np.mean, method="percentile", n_resamples=1000,
+                                    rng=np.random.default_rng(i)).confidence_interval
+        ours += ci.low <= 0.0 <= ci.high
+        plain += ref.low <= 0.0 <= ref.high
+        # a ratio of means whose true value is 0.5: numerator 0.5·d + noise over positive d
+        d = rng.uniform(2.0, 6.0, size=n)
+        r = ratio_bootstrap_ci(0.5 * d + x, d, n_resamples=1000, seed=i)
+        ratio += r.low <= 0.5 <= r.high
+    # binomial sd of a share near 0.95 over 600 trials: 0.009
+    assert ours / trials >= 0.93 and ratio / trials >= 0.93, (ours, ratio)
+    assert plain / trials <= 0.915 < ours / trials, (plain, ours)
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 8, 63, 511, 4000])
+def test_student_t_cdf_and_quantile_match_scipy(df):
+    from tools.stats import student_t_cdf, student_t_quantile
+
+    for x in (-40.0, -5.0, -1.3, 0.0, 0.7, 2.0, 12.0):
+        assert student_t_cdf(x, df) == pytest.approx(scipy.stats.t.cdf(x, df), abs=1e-12)
+    for q in (1e-9, 0.005, 0.025, 0.5, 0.9, 0.975, 1 - 1e-9):
+        assert student_t_quantile(q, df) == pytest.approx(scipy.stats.t.ppf(q, df), rel=1e-6, abs=1e-10)
+    with pytest.raises(UserInputError, match="degrees of freedom"):
+        student_t_cdf(1.0, 0)
+    with pytest.raises(UserInputError, match="strictly between"):
+        student_t_quantile(1.0, df)
+
+
+def test_the_expanded_level_is_hesterbergs_and_vanishes_into_the_plain_one_on_many_items():
+    from tools.stats import expanded_tail
+
+    for n in (2, 3, 8, 64, 512):
+        # z(α'/2) = sqrt(n / (n − 1)) · t(α/2, n − 1), written with scipy
+        reference = scipy.stats.norm.cdf(math.sqrt(n / (n - 1)) * scipy.stats.t.ppf(0.025, n - 1))
+        assert expanded_tail(0.025, n) == pytest.approx(reference, rel=1e-6)
+        assert 0 < expanded_tail(0.025, n) < 0.025
+    # half-widths relative to the plain interval's, for normal draws: 25% wider on 9, 3% on 64
+    widen = {n: scipy.stats.norm.ppf(expanded_tail(0.025, n)) / scipy.stats.norm.ppf(0.025) for n in (9, 64, 512)}
+    assert widen[9] == pytest.approx(1.248, abs=1e-3) and widen[64] == pytest.approx(1.028, abs=1e-3)
+    assert 1 < widen[512] < 1.004
+    with pytest.raises(UserInputError, match="at least 2"):
+        expanded_tail(0.025, 1)
+
+
 def test_bootstrap_ci_is_deterministic_for_a_seed():
     x = np.random.default_rng(0).normal(size=50)
     assert bootstrap_ci(x, seed=3) == bootstrap_ci(list(x), seed=3)

@@ -97,7 +97,7 @@ class ComponentChange(BaseModel):
     delta: float
     """``b − a`` (mean of the paired differences)."""
     ci: tuple[float, float]
-    """95% percentile bootstrap CI of ``delta``."""
+    """95% bootstrap CI of ``delta`` (the expanded percentile interval, `tools.stats.expanded_tail`)."""
     margin: float
     """δ: H0 is ``|delta| <= margin``."""
     p_value: float

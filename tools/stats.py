@@ -7,6 +7,19 @@ prompts (`bootstrap_ci`, `paired_bootstrap_ci`), tests it against the bound
 off the interval (`decide`). `random_component_sets` draws the equal-size random controls a
 claim is compared against.
 
+Every interval of a mean (or ratio of means) is the *expanded* percentile interval
+(Hesterberg 2015, "What teachers should know about the bootstrap"): the plain percentile
+bootstrap is too narrow on few items (its spread is the sample's, which divides by n, and it
+reads normal quantiles where Student's t applies: on 8 items a nominal 95% interval covers
+about 89% of the time). The expanded interval reads the bootstrap quantiles at the level
+``α'`` with ``z(α'/2) = sqrt(n / (n − 1)) · t(α/2, n − 1)`` (`expanded_tail`): about 25% wider on
+9 items, 3% on 64, and 0.3% on 512. The p-values are not mapped so: a bootstrap p-value is a
+count, never below ``1 / (1 + n_resamples)``, and on the t scale that floor grows (to 0.0009 on
+32 items) until Holm over a few dozen tests could reject nothing however large the effects; an
+interval has no such floor. Instead, every verdict asks for both (`decide`): the p-value below
+alpha after Holm, and the expanded interval clear of the bound, the stricter of the two on few
+items.
+
 Everything is seeded and deterministic: the same inputs and seed give the same numbers, so a
 verdict can be re-derived from what the memory stores.
 """
@@ -63,12 +76,13 @@ def bootstrap_ci(
     seed: int = 0,
     statistic: Statistic = "mean",
 ) -> Interval:
-    """Percentile bootstrap CI of the mean (or median) of a 1-D sample.
+    """Bootstrap CI of the mean (or median) of a 1-D sample.
 
-    Resamples the values with replacement ``n_resamples`` times and takes the
-    ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the resampled statistic
-    (the same method as ``scipy.stats.bootstrap(method="percentile")``). The estimate is the
-    statistic of the sample itself.
+    Resamples the values with replacement ``n_resamples`` times and takes the quantiles of the
+    resampled statistic at ``α'/2`` and ``1 − α'/2``: for the mean, ``α'`` is the expanded
+    percentile interval's level (`expanded_tail`: wider on few values); for the median, the
+    plain percentile interval's ``α = 1 − confidence`` (the expansion is derived for means).
+    The estimate is the statistic of the sample itself.
     """
     x = _sample(values, "values")
     stat = _statistic(statistic)
@@ -76,6 +90,8 @@ def bootstrap_ci(
     rng = np.random.default_rng(seed)
     draws = _resampled(x, stat, _check_resamples(n_resamples), rng)
     tail = (1.0 - confidence) / 2.0
+    if statistic == "mean":
+        tail = expanded_tail(tail, x.size)
     low, high = np.quantile(draws, [tail, 1.0 - tail])
     return Interval(estimate=float(stat(x)), low=float(low), high=float(high), n=x.size,
                     confidence=confidence)
@@ -113,7 +129,8 @@ def ratio_bootstrap_ci(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Interval:
-    """Percentile bootstrap CI of ``mean(numerator) / mean(denominator)`` over paired items.
+    """Bootstrap CI of ``mean(numerator) / mean(denominator)`` over paired items (the
+    expanded percentile interval: `expanded_tail`).
 
     The ablation and patching scores are ratios of means over prompts (e.g. necessity =
     mean(clean − ablated) / mean(clean − everything-ablated)); resampling prompts and
@@ -131,7 +148,7 @@ def ratio_bootstrap_ci(
         raise UserInputError("the denominator's mean is zero; the ratio is undefined")
     n_resamples = _check_resamples(n_resamples)
     ratios = _ratio_draws(num, den, n_resamples, seed)
-    tail = (1.0 - confidence) / 2.0
+    tail = expanded_tail((1.0 - confidence) / 2.0, num.size)
     low, high = np.quantile(ratios, [tail, 1.0 - tail])
     return Interval(estimate=float(num.mean() / den.mean()), low=float(low), high=float(high),
                     n=num.size, confidence=confidence)
@@ -171,6 +188,62 @@ def ratio_bootstrap_pvalue(
     draws = _ratio_draws(num, den, _check_resamples(n_resamples), seed)
     extreme = (draws - observed) >= (observed - threshold)
     return _floored(float((1 + np.count_nonzero(extreme)) / (1 + draws.size)), num.size)
+
+
+def expanded_tail(tail: float, n: int) -> float:
+    """The bootstrap quantile level ``α'`` that the expanded percentile interval (Hesterberg
+    2015) reads in place of the nominal one-sided ``tail`` ``α`` on ``n`` items:
+    ``α' = Φ(−sqrt(n / (n − 1)) · t(1 − α, n − 1))``. Smaller than ``α`` (a wider interval):
+    it corrects the bootstrap's spread, which divides by ``n``, and its normal tails, where a
+    mean of ``n`` items has Student's."""
+    if n < 2:
+        raise UserInputError(f"an interval over {n} item(s) needs at least 2")
+    # Φ(−x) = erfc(x / √2) / 2, without the rounding of 1 + erf near −1 in deep tails
+    return 0.5 * math.erfc(math.sqrt(n / (n - 1)) * student_t_quantile(1.0 - tail, n - 1) / math.sqrt(2.0))
+
+
+def student_t_cdf(x: float, df: int) -> float:
+    """``P(T <= x)`` for Student's t with ``df`` (a positive integer) degrees of freedom: the
+    exact finite series of Abramowitz & Stegun 26.7.3-4 in ``θ = atan(x / sqrt(df))``."""
+    if isinstance(df, bool) or not isinstance(df, Integral) or df < 1:
+        raise UserInputError(f"degrees of freedom must be a positive integer; got {df!r}")
+    theta = math.atan(x / math.sqrt(df))
+    return 0.5 + 0.5 * _t_central(theta, int(df))
+
+
+def student_t_quantile(q: float, df: int) -> float:
+    """The ``q`` quantile of Student's t with ``df`` degrees of freedom (`student_t_cdf`
+    inverted by bisection in ``θ``, where it is monotone on (−π/2, π/2))."""
+    if not 0.0 < q < 1.0:
+        raise UserInputError(f"quantile level {q} is not strictly between 0 and 1")
+    student_t_cdf(0.0, df)  # checks df
+    low, high = -math.pi / 2, math.pi / 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        if middle in (low, high):
+            break
+        if 0.5 + 0.5 * _t_central(middle, int(df)) < q:
+            low = middle
+        else:
+            high = middle
+    return math.sqrt(df) * math.tan((low + high) / 2)
+
+
+def _t_central(theta: float, df: int) -> float:
+    """``P(|T| <= |x|)`` with the sign of ``x`` for ``θ = atan(x / sqrt(df))`` (A&S 26.7.3-4):
+    odd ``df``: ``(2/π)(θ + sin θ (cos θ + (2/3) cos³θ + … + (2·4⋯(df−3))/(1·3⋯(df−2)) cos^(df−2) θ))``;
+    even ``df``: ``sin θ (1 + (1/2) cos²θ + … + (1·3⋯(df−3))/(2·4⋯(df−2)) cos^(df−2) θ)``."""
+    s, c = math.sin(theta), math.cos(theta)
+    c2 = c * c
+    if df % 2:
+        if df == 1:
+            return 2.0 * theta / math.pi
+        k = np.arange(1, (df - 1) // 2)
+        terms = np.concatenate(([c], c * np.cumprod(c2 * (2.0 * k) / (2.0 * k + 1.0))))
+        return 2.0 / math.pi * (theta + s * float(terms.sum()))
+    k = np.arange(1, df // 2)
+    terms = np.concatenate(([1.0], np.cumprod(c2 * (2.0 * k - 1.0) / (2.0 * k))))
+    return s * float(terms.sum())
 
 
 def smallest_pvalue(n: int) -> float:
@@ -247,7 +320,7 @@ class MarginTest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     interval: Interval
-    """Percentile bootstrap CI of the mean difference (as `bootstrap_ci`)."""
+    """Bootstrap CI of the mean difference (as `bootstrap_ci`: the expanded percentile interval)."""
     margin: float
     """The smallest difference of interest ``δ`` (the null hypothesis is ``|mean| <= δ``)."""
     p_value: float
@@ -298,7 +371,7 @@ def paired_margin_tests(
         counts = np.bincount((idx + offsets).reshape(-1), minlength=(stop - start) * n)
         means[start:stop] = counts.reshape(stop - start, n).astype(float) @ d.T / n
     observed = d.mean(axis=1)
-    tail = (1.0 - confidence) / 2.0
+    tail = expanded_tail((1.0 - confidence) / 2.0, n)
     low, high = np.quantile(means, [tail, 1.0 - tail], axis=0)
     null = means - observed
     above = (1 + np.count_nonzero(null >= observed - delta, axis=0)) / (1 + n_resamples)

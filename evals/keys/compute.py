@@ -10,7 +10,8 @@ seed for discovery and the held-out split with seed + 1000 for the critic):
    alone, at every position, in both directions: *denoising* (its clean value into the
    corrupted run: the share of the clean − corrupted logit difference it *restores*) and
    *noising* (its corrupted value into the clean run: the share it *removes*). Each share is a
-   ratio of means over prompts with a percentile bootstrap interval. A component **matters**
+   ratio of means over prompts with an expanded percentile bootstrap interval
+   (`tools.stats.expanded_tail`). A component **matters**
    when either share is at least `KeyMethod.component_threshold` in size with its interval
    clear of zero. Both directions count because a component can be needed without sufficing
    (it acts only together with others) or suffice without being needed (a backup).

@@ -174,7 +174,7 @@ class KeyMethod(_Frozen):
     edge_threshold: float = 0.05
     """An edge counts when its path carries at least this share, CI clear of zero."""
     confidence: float = 0.99
-    """Two-sided level of the percentile bootstrap intervals (ratio of means over prompts)."""
+    """Two-sided level of the expanded percentile bootstrap intervals (ratio of means over prompts)."""
     n_resamples: int = 2000
     bootstrap_seed: int = 0
     recipe: str
