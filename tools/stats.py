@@ -11,9 +11,10 @@ Every interval of a mean (or ratio of means) is the *expanded* percentile interv
 (Hesterberg 2015, "What teachers should know about the bootstrap"): the plain percentile
 bootstrap is too narrow on few items (its spread is the sample's, which divides by n, and it
 reads normal quantiles where Student's t applies: on 8 normal items a nominal 95% interval
-covered the mean 90% of the time in `tests/test_stats.py`, the expanded one 94%). The expanded interval reads the bootstrap quantiles at the level
-``α'`` with ``z(α'/2) = sqrt(n / (n − 1)) · t(α/2, n − 1)`` (`expanded_tail`): about 25% wider on
-9 items, 3% on 64, and 0.3% on 512. The p-values are not mapped so: a bootstrap p-value is a
+covered the mean 90% of the time in `tests/test_stats.py`, the expanded one 94%). The expanded
+interval reads the bootstrap quantiles at the level ``α'`` with
+``z(α'/2) = sqrt(n / (n − 1)) · t(α/2, n − 1)`` (`expanded_tail`): about 25% wider on 9 items,
+3% on 64, and 0.3% on 512. The p-values are not mapped so: a bootstrap p-value is a
 count, never below ``1 / (1 + n_resamples)``, and on the t scale that floor grows (to 0.0009 on
 32 items) until Holm over a few dozen tests could reject nothing however large the effects; an
 interval has no such floor. The critic's verdicts ask for both (`decide`): the p-value below
@@ -28,6 +29,7 @@ verdict can be re-derived from what the memory stores.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from itertools import combinations
 from numbers import Integral
 from typing import Callable, Literal, Sequence
@@ -191,12 +193,14 @@ def ratio_bootstrap_pvalue(
     return _floored(float((1 + np.count_nonzero(extreme)) / (1 + draws.size)), num.size)
 
 
+@lru_cache(maxsize=256)
 def expanded_tail(tail: float, n: int) -> float:
     """The bootstrap quantile level ``α'`` that the expanded percentile interval (Hesterberg
     2015) reads in place of the nominal one-sided ``tail`` ``α`` on ``n`` items:
     ``α' = Φ(−sqrt(n / (n − 1)) · t(1 − α, n − 1))``. Smaller than ``α`` (a wider interval):
     it corrects the bootstrap's spread, which divides by ``n``, and its normal tails, where a
-    mean of ``n`` items has Student's."""
+    mean of ``n`` items has Student's. Cached: a run asks for the same few levels (one per
+    prompt count) for every interval, and each is a bisection."""
     if n < 2:
         raise UserInputError(f"an interval over {n} item(s) needs at least 2")
     # Φ(−x) = erfc(x / √2) / 2, without the rounding of 1 + erf near −1 in deep tails
@@ -206,10 +210,8 @@ def expanded_tail(tail: float, n: int) -> float:
 def student_t_cdf(x: float, df: int) -> float:
     """``P(T <= x)`` for Student's t with ``df`` (a positive integer) degrees of freedom: the
     exact finite series of Abramowitz & Stegun 26.7.3-4 in ``θ = atan(x / sqrt(df))``."""
-    if isinstance(df, bool) or not isinstance(df, Integral) or df < 1:
-        raise UserInputError(f"degrees of freedom must be a positive integer; got {df!r}")
-    theta = math.atan(x / math.sqrt(df))
-    return 0.5 + 0.5 * _t_central(theta, int(df))
+    df = _degrees(df)
+    return 0.5 + 0.5 * _t_central(math.atan(x / math.sqrt(df)), df)
 
 
 def student_t_quantile(q: float, df: int) -> float:
@@ -217,22 +219,30 @@ def student_t_quantile(q: float, df: int) -> float:
     inverted by bisection in ``θ``, where it is monotone on (−π/2, π/2))."""
     if not 0.0 < q < 1.0:
         raise UserInputError(f"quantile level {q} is not strictly between 0 and 1")
-    student_t_cdf(0.0, df)  # checks df
+    df = _degrees(df)
     low, high = -math.pi / 2, math.pi / 2
     for _ in range(200):
         middle = (low + high) / 2
         if middle in (low, high):
             break
-        if 0.5 + 0.5 * _t_central(middle, int(df)) < q:
+        if 0.5 + 0.5 * _t_central(middle, df) < q:
             low = middle
         else:
             high = middle
     return math.sqrt(df) * math.tan((low + high) / 2)
 
 
+def _degrees(df: int) -> int:
+    """``df`` as an int, if it is a positive integer (degrees of freedom)."""
+    if isinstance(df, bool) or not isinstance(df, Integral) or df < 1:
+        raise UserInputError(f"degrees of freedom must be a positive integer; got {df!r}")
+    return int(df)
+
+
 def _t_central(theta: float, df: int) -> float:
     """``P(|T| <= |x|)`` with the sign of ``x`` for ``θ = atan(x / sqrt(df))`` (A&S 26.7.3-4):
-    odd ``df``: ``(2/π)(θ + sin θ (cos θ + (2/3) cos³θ + … + (2·4⋯(df−3))/(1·3⋯(df−2)) cos^(df−2) θ))``;
+    odd ``df``:
+    ``(2/π)(θ + sin θ (cos θ + (2/3) cos³θ + … + (2·4⋯(df−3))/(1·3⋯(df−2)) cos^(df−2) θ))``;
     even ``df``: ``sin θ (1 + (1/2) cos²θ + … + (1·3⋯(df−3))/(2·4⋯(df−2)) cos^(df−2) θ)``."""
     s, c = math.sin(theta), math.cos(theta)
     c2 = c * c

@@ -236,10 +236,9 @@ def _methods(readout: dict, record: dict) -> list[Prose]:
         "every position), activation patching (clean into corrupted, every position; the logit difference restored, "
         "in logit units), direct logit attribution, and for heads the last token's attention to the tokens the "
         "corruption changes and to the answer (where the answer occurs in every prompt).",
-        f"Each (measure, component): paired bootstrap over prompts of B − A (expanded percentile 95% CI; every test "
-        f"on the "
-        f"same resampled prompts), tested against the smallest change of interest δ — H0: |mean Δ| ≤ δ, two "
-        f"one-sided shifted-bootstrap tests — with δ = {m['fraction']:g} × S = {m['logit']:.3f} logits "
+        "Each (measure, component): paired bootstrap over prompts of B − A (expanded percentile 95% CI; every test "
+        "on the same resampled prompts), tested against the smallest change of interest δ — H0: |mean Δ| ≤ δ, "
+        f"two one-sided shifted-bootstrap tests — with δ = {m['fraction']:g} × S = {m['logit']:.3f} logits "
         f"(S = {readout['scale']:.2f}, the larger clean − corrupted gap of the two models) and δ = {m['attention']:g} "
         "for attention. Holm correction across all tests; significant at adjusted p < 0.05.",
         "Ranking: significant changes first; cross-model patching before the within-model measures (it alone "

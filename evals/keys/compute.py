@@ -50,7 +50,7 @@ from evals.keys.schema import KEYS_DIR, AnswerKey, ComponentEffect, Edge, Effect
 from tools.components import parse_component
 from tools.errors import UserInputError, first_problem
 from tools.stats import ratio_bootstrap_ci
-from tools.tasks.base import check_prompt_count
+from tools.tasks import check_prompt_count
 
 if TYPE_CHECKING:
     from tools.experiments.prompts import PromptPairs
